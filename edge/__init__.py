@@ -1,0 +1,1 @@
+"""edge-face: offline face search speaking the AWS Rekognition face API."""
