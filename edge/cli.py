@@ -1,0 +1,141 @@
+"""`edge-face`: the command line of the device (evaluation, calibration, detection)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.config import Settings
+
+FUSION_NAME = "fusion(dlib+facenet)"
+
+
+def _pipeline(settings: Settings) -> Any:
+    from edge.vision.pipeline import FacePipeline
+
+    return FacePipeline(settings.pipeline)
+
+
+def cmd_detect(args: argparse.Namespace, settings: Settings) -> int:
+    """Print Rekognition FaceDetails for every face in an image."""
+    from edge.vision.pipeline import face_detail
+
+    pipeline = _pipeline(settings)
+    analysis = pipeline.analyse(Path(args.image).read_bytes(), embed=False)
+    details = [face_detail(analysis.image, f, all_attributes=args.all) for f in analysis.faces]
+    json.dump({"FaceDetails": details}, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+def _embed_all(settings: Settings, data: Path, families: Sequence[str] | None = None) -> tuple[Any, Any, Any]:
+    from edge.evaluation.dataset import load_faceset
+    from edge.evaluation.verify import embed_faceset
+    from edge.vision.embedder import Embedder
+    from edge.vision.models import ModelCatalog
+    from edge.vision.runtime import default_threads, select_backend
+
+    faceset = load_faceset(data)
+    pipeline = _pipeline(settings)
+    catalog = ModelCatalog(settings.pipeline.model_dir)
+    threads = settings.pipeline.threads or default_threads()
+    cpu = select_backend(["cpu"])
+    embedders = {a.name: Embedder(catalog, a, backend=cpu, threads=threads)
+                 for a in catalog.artifacts if a.kind == "embedder" and (not families or a.family in families)}
+    return faceset, embed_faceset(pipeline, embedders, faceset), {n: e.artifact for n, e in embedders.items()}
+
+
+def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
+    """Fit cosine -> Similarity on every different-person pair of a face folder (fp32 model)."""
+    from edge.evaluation.calibrate import calibration_table, fit_calibration
+    from edge.evaluation.verify import impostor_scores
+
+    faceset, emb, artifacts = _embed_all(settings, Path(args.data), [args.family])
+    name = next(n for n, a in artifacts.items() if a.precision == "fp32")
+    impostors = impostor_scores(emb.vectors[name], faceset)
+    calibration, report = fit_calibration(impostors)
+    out = {**calibration.to_dict(), "fitted_on": {"data": Path(args.data).name, "impostor_pairs": len(impostors),
+                                                  "model": name, "report": report}}
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    for sim, cos, fmr in calibration_table(calibration, (50, 60, 70, 80, 90)):
+        print(f"Similarity {sim:>5g}: cosine {cos:.4f}  FMR {fmr:.1e}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    """Verification accuracy of every embedder artifact (and the fusion), optionally beside the peer."""
+    from edge.evaluation.verify import fuse, verification_report
+
+    faceset, emb, artifacts = _embed_all(settings, Path(args.data))
+    results: dict[str, Any] = {"photos": len(faceset.paths), "stage_ms_median": {
+        k: float(np.median(v)) for k, v in emb.stage_ms.items() if v}, "models": {}}
+    for name, vectors in emb.vectors.items():
+        results["models"][name] = verification_report(vectors, faceset, artifacts[name].similarity)
+    dlib, facenet = emb.vectors.get("dlib_resnet_v1-fp32"), emb.vectors.get("facenet_casia-fp32")
+    if dlib is not None and facenet is not None:
+        results["models"][FUSION_NAME] = verification_report(fuse(dlib, facenet, args.fusion_weight), faceset)
+    if args.peer:
+        from edge.evaluation.peer import evaluate_peer
+
+        results["peer"] = evaluate_peer(faceset)
+    _print_eval(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=float) + "\n")
+    return 0
+
+
+def _print_eval(results: dict[str, Any]) -> None:
+    print(f"photos: {results['photos']}; median ms per photo: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in results["stage_ms_median"].items()))
+    print("| model | no face | 10-fold | TAR@FAR1e-3 (thr) | TAR@FAR1e-4 (thr) | FMR@60 | FMR@70 | FMR@80 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in results["models"].items():
+        t3, t4 = r["tar_at_far"]["0.001"], r["tar_at_far"]["0.0001"]
+        fmr = [f"{r['at_similarity'][s]['fmr']:.1e}" if "at_similarity" in r else "-" for s in ("60", "70", "80")]
+        print(f"| {name} | {r['photos_without_face']} | {100 * r['ten_fold_accuracy']:.2f}% | "
+              f"{100 * t3['tar']:.1f}% ({t3['threshold']:.3f}) | {100 * t4['tar']:.1f}% ({t4['threshold']:.3f}) | "
+              + " | ".join(fmr) + " |")
+    if "peer" in results:
+        p = results["peer"]
+        print(f"peer face_recognition: 10-fold euclid {100 * p['pairs']['euclidean']['ten_fold_accuracy']:.2f}%, "
+              f"cosine {100 * p['pairs']['cosine']['ten_fold_accuracy']:.2f}%; TAR@1e-3 cosine "
+              f"{100 * p['all_pairs']['cosine']['far=0.001']['tar']:.1f}%; timings {p['timings']}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edge-face", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("detect", help="print FaceDetails for an image")
+    p.add_argument("image")
+    p.add_argument("--all", action="store_true", help="every landmark (Attributes ALL)")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("eval", help="verification accuracy on a folder laid out like faces-dev")
+    p.add_argument("--data", required=True)
+    p.add_argument("--peer", action="store_true", help="run face_recognition side by side")
+    p.add_argument("--fusion-weight", type=float, default=0.5)
+    p.add_argument("--json", help="write the full results here")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("calibrate", help="fit the cosine -> Similarity map on a face folder")
+    p.add_argument("--data", required=True)
+    p.add_argument("--family", default="dlib_resnet_v1")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_calibrate)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    return int(args.func(args, Settings()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Configuration: embedded defaults, a YAML file, then `EDGE_FACE_...` environment variables.
+
+Unknown keys are an error (`extra="forbid"`), so a typo in a fleet's config fails loudly
+at start-up instead of silently running on a default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+
+def default_model_dir() -> Path:
+    """Built models live in the user's cache: they are rebuilt from PyPI wheels, never committed."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "edge-face" / "models"
+
+
+class PipelineSettings(BaseModel):
+    """How faces are found and embedded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_dir: Path = Field(default_factory=default_model_dir)
+    #: Embedder family: dlib's ResNet (default) or FaceNet.
+    embedder: Literal["dlib_resnet_v1", "facenet_casia"] = "dlib_resnet_v1"
+    #: "auto" takes the precision that pays on the selected backend (fp32 on CPU).
+    precision: Literal["auto", "fp32", "fp16", "int8-dynamic", "int8"] = "auto"
+    #: Accelerator preference order; the first available one runs the embedder.
+    backends: list[str] = ["edgetpu", "gpu", "cpu"]
+    #: LiteRT threads per model; None means every core the process may use.
+    threads: int | None = Field(default=None, ge=1, le=64)
+    #: BlazeFace short range (faces within ~2 m, kiosk distance) or full range (group photos).
+    detector: Literal["short", "full"] = "short"
+    #: Detections below this BlazeFace score (0-1) are not faces.
+    min_detection_confidence: float = Field(default=0.5, ge=0.0, le=1.0)
+    #: FaceMesh's face-presence score (0-1) a detection must also reach, as in MediaPipe's
+    #: FaceLandmarker: BlazeFace alone takes dog faces and textures for faces.
+    min_face_presence: float = Field(default=0.5, ge=0.0, le=1.0)
+    #: Embed the mirrored chip too and average: costs a second inference per face.
+    flip_augment: bool = False
+
+
+class Settings(BaseSettings):
+    """Everything the daemon and the CLI read at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGE_FACE_", env_nested_delimiter="__", extra="forbid")
+
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[Any] = [init_settings, env_settings]
+        config_file = os.environ.get("EDGE_FACE_CONFIG")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)

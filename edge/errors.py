@@ -1,0 +1,35 @@
+"""Rekognition's error vocabulary, shared by the pipeline, the operations layer and HTTP.
+
+Every failure a client can cause is one of these, so each layer can raise the exact
+error Rekognition would send and the HTTP layer only has to serialise it.
+"""
+
+from __future__ import annotations
+
+
+class RekognitionError(Exception):
+    """An error with Rekognition's `__type` code; `status` is the HTTP status it maps to."""
+
+    code = "InternalServerError"
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _client_error(code: str, status: int = 400) -> type[RekognitionError]:
+    return type(code, (RekognitionError,), {"code": code, "status": status, "__doc__": f"Rekognition {code}."})
+
+
+InvalidParameterException = _client_error("InvalidParameterException")
+InvalidImageFormatException = _client_error("InvalidImageFormatException")
+ImageTooLargeException = _client_error("ImageTooLargeException")
+InvalidS3ObjectException = _client_error("InvalidS3ObjectException")
+ResourceNotFoundException = _client_error("ResourceNotFoundException")
+ResourceAlreadyExistsException = _client_error("ResourceAlreadyExistsException")
+InvalidPaginationTokenException = _client_error("InvalidPaginationTokenException")
+AccessDeniedException = _client_error("AccessDeniedException")
+ThrottlingException = _client_error("ThrottlingException")
+LimitExceededException = _client_error("LimitExceededException")
+ConflictException = _client_error("ConflictException")

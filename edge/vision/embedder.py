@@ -1,0 +1,70 @@
+"""Face embedders: an aligned crop in, a unit vector out.
+
+Each family declares the crop it was trained on; the artifact (and so its precision) is
+picked from the model catalog for the backend that runs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.vision.align import MESH_DLIB5, box_crop, dlib_chip
+from edge.vision.models import Artifact, ModelCatalog
+from edge.vision.runtime import Backend, LiteRTSession
+
+
+@dataclass(frozen=True)
+class FaceGeometry:
+    """Where a face is in the working image: detector box and FaceMesh points."""
+
+    box: np.ndarray
+    mesh: np.ndarray
+
+
+def _dlib_crop(rgb: np.ndarray, face: FaceGeometry, size: int) -> np.ndarray:
+    return dlib_chip(rgb, face.mesh[list(MESH_DLIB5), :2], size=size, padding=0.25)
+
+
+def _facenet_crop(rgb: np.ndarray, face: FaceGeometry, size: int) -> np.ndarray:
+    return box_crop(rgb, face.box, size=size, margin=0.2)
+
+
+_CROPS = {"dlib_resnet_v1": _dlib_crop, "facenet_casia": _facenet_crop}
+
+
+class Embedder:
+    """One embedder artifact on one backend."""
+
+    def __init__(self, catalog: ModelCatalog, artifact: Artifact, *, backend: Backend, threads: int,
+                 flip_augment: bool = False) -> None:
+        self.artifact = artifact
+        self._session: LiteRTSession = backend.session(catalog.verified_path(artifact), threads=threads)
+        self._crop = _CROPS[artifact.family]
+        normalise = artifact.info.get("input", {})
+        self._mean = float(normalise.get("mean", 0.0))
+        self._std = float(normalise.get("std", 1.0))
+        self.flip_augment = flip_augment
+
+    @property
+    def version(self) -> str:
+        return self.artifact.version
+
+    @property
+    def size(self) -> int:
+        return self.artifact.input_size[0]
+
+    def crop(self, rgb: np.ndarray, face: FaceGeometry) -> np.ndarray:
+        return self._crop(rgb, face, self.size)
+
+    def embed(self, chip: np.ndarray) -> np.ndarray:
+        """The L2-normalised embedding of one aligned chip (RGB uint8)."""
+        vec = self._run(chip)
+        if self.flip_augment:
+            vec = vec + self._run(chip[:, ::-1])
+        return (vec / np.linalg.norm(vec)).astype(np.float32)
+
+    def _run(self, chip: np.ndarray) -> np.ndarray:
+        tensor = (chip.astype(np.float32)[None] - self._mean) / self._std
+        return self._session.run(tensor)[0].reshape(-1).astype(np.float64)

@@ -1,0 +1,56 @@
+"""Accelerator selection: the configured preference order, skipping what this machine lacks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import ClassVar
+
+import pytest
+
+from edge.vision import runtime
+from edge.vision.runtime import Backend, backends, select_backend
+
+
+@pytest.fixture
+def fake_accelerator() -> Iterator[type[Backend]]:
+    """A stand-in for hardware this machine does not have (an int8 accelerator that is present)."""
+
+    class FakeNpu(Backend):
+        name: ClassVar[str] = "fake-npu"
+        precision: ClassVar[str] = "int8"
+
+        def available(self) -> bool:
+            return True
+
+    yield FakeNpu
+    # Forget the subclass so other tests see only the real plugins.
+    del FakeNpu
+    import gc
+
+    gc.collect()
+
+
+def test_missing_delegates_are_skipped_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    runtime._delegate.cache_clear()
+    with caplog.at_level(logging.INFO, logger="edge.vision.runtime"):
+        chosen = select_backend(["edgetpu", "gpu", "cpu"])
+    assert chosen.name == "cpu" and chosen.precision == "fp32"
+    assert "libedgetpu.so.1" in caplog.text and "edgetpu is not available" in caplog.text
+
+
+def test_first_available_backend_in_preference_order_wins(fake_accelerator: type[Backend]) -> None:
+    assert select_backend(["fake-npu", "cpu"]).name == "fake-npu"
+    assert select_backend(["cpu", "fake-npu"]).name == "cpu"
+    assert select_backend(["edgetpu", "fake-npu", "cpu"]).precision == "int8"
+
+
+def test_plugins_are_discovered_by_subclass() -> None:
+    assert {"cpu", "edgetpu", "gpu"} <= set(backends())
+
+
+def test_unknown_or_unavailable_only_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown backend"):
+        select_backend(["tpu-v9"])
+    with pytest.raises(RuntimeError, match="none of the configured backends"):
+        select_backend(["edgetpu"])
