@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from edge.evaluation.calibrate import _norm_isf, _norm_sf, calibration_table, fit_calibration
+from edge.evaluation.calibrate import TAIL_MODELS, _norm_isf, _norm_sf, calibration_table, fit_calibration
 from edge.similarity import SimilarityCalibration, fmr_to_similarity, similarity_to_fmr
 
 CAL = SimilarityCalibration((0.2, 0.3, 0.45, 0.5, 0.62), (30.0, 50.0, 70.0, 80.0, 100.0))
@@ -118,7 +118,7 @@ def test_fit_is_a_valid_monotone_curve(fitted: tuple[SimilarityCalibration, dict
     cal, report = fitted
     assert len(cal.cosines) == report["n_knots"] == 36
     assert cal.similarities[0] == 30.0 and cal.similarities[-1] == 100.0
-    assert report["tail_model"]["name"] in ("gpd", "gaussian_z")
+    assert report["tail_model"]["name"] in TAIL_MODELS
     assert report["empirical_floor"]["fmr"] == pytest.approx(20 / 1_000_000)
     assert report["tail_start"]["cosine"] < report["empirical_floor"]["cosine"]
     assert report["in_sample_error"]["rms_similarity"] < 1.0
@@ -132,7 +132,7 @@ def test_fit_ends_at_cosine_one_when_tail_is_heavy() -> None:
     rng = np.random.default_rng(7)
     cal, report = fit_calibration(1 - rng.exponential(0.05, 200_000))
     assert cal.cosines[-1] == 1.0
-    assert report["similarity_at_cosine_1"] <= 100.0
+    assert 50.0 < report["similarity_at_cosine_1"] < 100.0
     assert np.all(np.diff(cal.cosines) > 0)
 
 

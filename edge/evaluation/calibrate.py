@@ -2,13 +2,14 @@
 
 Empirical FMR is trusted only while at least `floor_count` impostors lie above the cosine (relative
 error ~1/sqrt(count)); below that floor a parametric tail model, fitted to the top `tail_fraction`
-of impostors, carries the curve down to FMR 1e-7 (Similarity 100).  Two tail models compete and the
-one that better predicts the deepest, held-out part of the empirical tail wins:
+of impostors, carries the curve down to FMR 1e-7 (Similarity 100).  Three tail models compete and the
+one that best predicts the deepest, held-out part of the empirical tail wins:
 
+- "gaussian": a Gaussian on the cosines (a straight line on normal-probability paper).
 - "gaussian_z": a Gaussian on Fisher-z cosines, z = atanh(c); bounded cosines get unbounded z.
 - "gpd": a Generalised Pareto on exceedances over the tail start (peaks over threshold).
 
-Both are fitted by least squares on the empirical quantile curve at FMR levels spaced evenly in
+All are fitted by least squares on the empirical quantile curve at FMR levels spaced evenly in
 log10, so each decade counts equally and no single pair steers the fit.  Only impostor scores are
 used: the curve must hold for people never seen, and genuine pairs say nothing about false matches.
 """
@@ -23,7 +24,7 @@ import numpy as np
 
 from edge.similarity import DEFINITION, SimilarityCalibration, fmr_to_similarity, similarity_to_fmr
 
-FMR_MIN = 1e-7  # Similarity 100
+TAIL_MODELS = ("gaussian", "gaussian_z", "gpd")
 LEVELS_PER_DECADE = 8
 _SQRT2 = math.sqrt(2.0)
 _erfc = np.vectorize(math.erfc, otypes=[np.float64])
@@ -48,7 +49,10 @@ def _norm_isf(p: np.ndarray) -> np.ndarray:
 class TailModel(Protocol):
     """A fitted upper-tail model of the impostor cosine distribution."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """Model family, as listed in TAIL_MODELS."""
+        ...
 
     def fmr(self, cos: np.ndarray) -> np.ndarray:
         """Modelled fraction of impostors at or above `cos`."""
@@ -64,22 +68,31 @@ class TailModel(Protocol):
 
 
 @dataclass(frozen=True)
-class GaussianZ:
-    """z = atanh(cos) ~ N(mu, sd) in the tail."""
+class GaussianTail:
+    """t(cos) ~ N(mu, sd) in the tail, with t = atanh (Fisher z) or the identity."""
 
     mu: float
     sd: float
-    name: str = "gaussian_z"
+    fisher_z: bool
+
+    @property
+    def name(self) -> str:
+        return "gaussian_z" if self.fisher_z else "gaussian"
 
     def fmr(self, cos: np.ndarray) -> np.ndarray:
-        z = np.arctanh(np.clip(cos, -1 + 1e-12, 1 - 1e-12))
-        return _norm_sf((z - self.mu) / self.sd)
+        return _norm_sf((_transform(np.asarray(cos, dtype=np.float64), self.fisher_z) - self.mu) / self.sd)
 
     def cosine(self, fmr: np.ndarray) -> np.ndarray:
-        return np.tanh(self.mu + self.sd * _norm_isf(fmr))
+        t = self.mu + self.sd * _norm_isf(fmr)
+        return np.tanh(t) if self.fisher_z else t
 
     def params(self) -> dict[str, float]:
         return {"mu": self.mu, "sd": self.sd}
+
+
+def _transform(cos: np.ndarray, fisher_z: bool) -> np.ndarray:
+    """Fisher z (clipped off +-1) or the cosine itself."""
+    return np.arctanh(np.clip(cos, -1 + 1e-12, 1 - 1e-12)) if fisher_z else cos
 
 
 @dataclass(frozen=True)
@@ -114,19 +127,17 @@ def _gpd_unit_quantile(ratio: np.ndarray, xi: float) -> np.ndarray:
     return (ratio ** (-xi) - 1) / xi
 
 
-def _fit_gaussian_z(levels: np.ndarray, cosines: np.ndarray) -> GaussianZ:
-    """Least squares z = mu + sd * isf(level): a straight line on normal-probability paper."""
-    q = _norm_isf(levels)
-    z = np.arctanh(np.clip(cosines, -1 + 1e-12, 1 - 1e-12))
-    sd, mu = np.polyfit(q, z, 1)
-    return GaussianZ(mu=float(mu), sd=float(sd))
+def _fit_gaussian(levels: np.ndarray, cosines: np.ndarray, fisher_z: bool) -> GaussianTail:
+    """Least squares t(cos) = mu + sd * isf(level): a straight line on normal-probability paper."""
+    sd, mu = np.polyfit(_norm_isf(levels), _transform(cosines, fisher_z), 1)
+    return GaussianTail(mu=float(mu), sd=float(sd), fisher_z=fisher_z)
 
 
 def _fit_gpd(levels: np.ndarray, cosines: np.ndarray, u: float, p_u: float) -> GeneralisedPareto:
     """Least squares on exceedances; for fixed xi the quantile is linear in sigma, so scan xi."""
     y = cosines - u
     best: tuple[float, float, float] = (math.inf, 0.0, 1.0)
-    for xi in np.linspace(-0.95, 0.95, 381):
+    for xi in np.linspace(-1.0, 0.95, 391):  # xi = -1: uniform density up to an end point
         g = _gpd_unit_quantile(levels / p_u, float(xi))
         sigma = float(g @ y / (g @ g))
         sse = float(np.sum((y - sigma * g) ** 2))
@@ -159,14 +170,14 @@ def fit_calibration(
     tail_fraction: float = 1e-2,
     floor_count: int = 20,
 ) -> tuple[SimilarityCalibration, dict[str, Any]]:
-    """Knots at Similarity 30..100 (36 knots: every 2 points, so 50/60/.../90 are knots themselves).
+    """Knots evenly spaced in Similarity from 30 to 100 (by default every 2 points, so 50...90 are knots).
 
     Empirical quantiles where FMR >= floor_count/N, the better tail model (anchored to the empirical
     curve at the floor, so the curve is continuous) below it.  Returns the calibration and a report
     of where the tail starts, the chosen model and its error on the held-out deepest empirical tail.
     """
     x = np.sort(np.asarray(impostor_cosines, dtype=np.float64).ravel())
-    x = x[np.isfinite(x)]
+    x = np.clip(x[np.isfinite(x)], -1.0, 1.0)  # float32 dot products of unit vectors can overshoot 1
     n = len(x)
     f_floor = floor_count / max(n, 1)
     if f_floor > tail_fraction / 10:
@@ -183,10 +194,12 @@ def fit_calibration(
 
     def fit(name: str, levels: np.ndarray) -> TailModel:
         c = empirical_cosine(levels)
-        return _fit_gaussian_z(levels, c) if name == "gaussian_z" else _fit_gpd(levels, c, u, tail_fraction)
+        if name == "gpd":
+            return _fit_gpd(levels, c, u, tail_fraction)
+        return _fit_gaussian(levels, c, fisher_z=name == "gaussian_z")
 
     held_cos = empirical_cosine(held_levels)
-    candidates = {name: _error(fit(name, fit_levels), held_levels, held_cos) for name in ("gaussian_z", "gpd")}
+    candidates = {name: _error(fit(name, fit_levels), held_levels, held_cos) for name in TAIL_MODELS}
     chosen = min(candidates, key=lambda k: candidates[k]["rms_similarity"])
     model = fit(chosen, all_levels)
 
@@ -197,8 +210,8 @@ def fit_calibration(
     cos = empirical_cosine(fmrs)
     cos[tail] = c_floor + model.cosine(fmrs[tail]) - model.cosine(np.array([f_floor]))[0]
     cos = np.maximum.accumulate(cos) + np.arange(n_knots) * 1e-9  # ties in the data -> strictly up
-    if cos[-1] > 1.0:  # curve leaves the cosine range before Similarity 100: end it exactly at 1
-        k = int(np.argmax(cos > 1.0))
+    if cos[-1] >= 1.0:  # curve leaves the cosine range before Similarity 100: end it exactly at 1
+        k = int(np.argmax(cos >= 1.0))
         s_one = float(np.interp(1.0, cos[k - 1 : k + 1], sims[k - 1 : k + 1]))
         cos, sims = np.append(cos[:k], 1.0), np.append(sims[:k], s_one)
     cal = SimilarityCalibration(tuple(cos), tuple(sims))
