@@ -23,6 +23,10 @@ def _client_error(code: str, status: int = 400) -> type[RekognitionError]:
 
 
 InvalidParameterException = _client_error("InvalidParameterException")
+#: What AWS's front end answers for a request that breaks the API model's constraints.
+ValidationException = _client_error("ValidationException")
+#: What AWS's front end answers for a body it cannot deserialise (wrong JSON types, bad base64).
+SerializationException = _client_error("SerializationException")
 InvalidImageFormatException = _client_error("InvalidImageFormatException")
 ImageTooLargeException = _client_error("ImageTooLargeException")
 InvalidS3ObjectException = _client_error("InvalidS3ObjectException")

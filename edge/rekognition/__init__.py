@@ -1,0 +1,1 @@
+"""Rekognition's face operations, held to AWS's own API model."""
