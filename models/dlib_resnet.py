@@ -25,21 +25,22 @@ class Spec:
     tag: int = 0
 
 
-def _block(stride: int) -> list[Spec]:
+def _block() -> list[Spec]:
     # block<N,affine,stride,SUB> = affine<con<N,3,3,1,1,relu<affine<con<N,3,3,stride,stride,SUB>>>>>
+    # (filter counts, strides and padding are read from the file)
     return [Spec("affine"), Spec("con"), Spec("relu"), Spec("affine"), Spec("con")]
 
 
 def _ares() -> list[Spec]:
     # relu<add_prev1<block<N,affine,1,tag1<SUB>>>>
-    return [Spec("relu"), Spec("add_prev", 1), *_block(1), Spec("tag", 1)]
+    return [Spec("relu"), Spec("add_prev", 1), *_block(), Spec("tag", 1)]
 
 
 def _ares_down() -> list[Spec]:
     # relu<add_prev2<avg_pool<2,2,2,2,skip1<tag2<block<N,affine,2,tag1<SUB>>>>>>>
     return [
         Spec("relu"), Spec("add_prev", 2), Spec("avg_pool"), Spec("skip", 1), Spec("tag", 2),
-        *_block(2), Spec("tag", 1),
+        *_block(), Spec("tag", 1),
     ]
 
 
@@ -288,3 +289,13 @@ def forward(net: DlibNet, image: tf.Tensor) -> tf.Tensor:
             shape = tuple(max(a, b) for a, b in zip(x.shape[1:], other.shape[1:], strict=True))
             x = _pad_to(x, shape) + _pad_to(other, shape)
     return x
+
+
+def converter(net: DlibNet) -> tf.lite.TFLiteConverter:
+    """TF2 converter for the rebuilt network on one float32 0..255 RGB chip (normalised in graph)."""
+    module = tf.Module()
+    module.embed = tf.function(
+        lambda image: forward(net, image),
+        input_signature=[tf.TensorSpec([1, *net.size, 3], tf.float32, name="image")],
+    )
+    return tf.lite.TFLiteConverter.from_concrete_functions([module.embed.get_concrete_function()], module)

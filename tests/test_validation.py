@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from botocore.serialize import create_serializer
 
-from edge.errors import InvalidParameterException, RekognitionError, SerializationException, ValidationException
+from edge.errors import InvalidParameterException, RekognitionError, ValidationException
 from edge.rekognition.validation import (
     IMAGE_SOURCE_MESSAGE,
     _pattern,
