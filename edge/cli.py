@@ -14,8 +14,6 @@ import numpy as np
 
 from edge.config import Settings
 
-FUSION_NAME = "fusion(dlib+facenet)"
-
 
 def _pipeline(settings: Settings) -> Any:
     from edge.vision.pipeline import FacePipeline
@@ -53,34 +51,40 @@ def _embed_all(settings: Settings, data: Path, families: Sequence[str] | None = 
 
 
 def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
-    """Fit cosine -> Similarity on every different-person pair of a face folder (fp32 model)."""
+    """Fit cosine -> Similarity on every different-person pair of a face folder, for both flip modes."""
     from edge.evaluation.calibrate import calibration_table, fit_calibration
     from edge.evaluation.verify import impostor_scores
 
     faceset, emb, artifacts = _embed_all(settings, Path(args.data), [args.family])
     name = next(n for n, a in artifacts.items() if a.precision == "fp32")
-    impostors = impostor_scores(emb.vectors[name], faceset)
-    calibration, report = fit_calibration(impostors)
-    out = {**calibration.to_dict(), "fitted_on": {"data": Path(args.data).name, "impostor_pairs": len(impostors),
-                                                  "model": name, "report": report}}
+    out: dict[str, Any] = {"fitted_on": {"data": Path(args.data).name, "model": name}}
+    for mode, suffix in (("single", ""), ("flip", "+flip")):
+        impostors = impostor_scores(emb.vectors[name + suffix], faceset)
+        calibration, report = fit_calibration(impostors)
+        out[mode] = calibration.to_dict()
+        out["fitted_on"][mode] = {"impostor_pairs": len(impostors), "report": report}
+        for sim, cos, fmr in calibration_table(calibration, (50, 60, 70, 80, 90)):
+            print(f"{mode:6s} Similarity {sim:>5g}: cosine {cos:.4f}  FMR {fmr:.1e}")
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    for sim, cos, fmr in calibration_table(calibration, (50, 60, 70, 80, 90)):
-        print(f"Similarity {sim:>5g}: cosine {cos:.4f}  FMR {fmr:.1e}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
-    """Verification accuracy of every embedder artifact (and the fusion), optionally beside the peer."""
+    """Verification accuracy of every embedder artifact in both flip modes (and fusions), beside the peer."""
     from edge.evaluation.verify import fuse, verification_report
 
     faceset, emb, artifacts = _embed_all(settings, Path(args.data))
     results: dict[str, Any] = {"photos": len(faceset.paths), "stage_ms_median": {
         k: float(np.median(v)) for k, v in emb.stage_ms.items() if v}, "models": {}}
     for name, vectors in emb.vectors.items():
-        results["models"][name] = verification_report(vectors, faceset, artifacts[name].similarity)
-    dlib, facenet = emb.vectors.get("dlib_resnet_v1-fp32"), emb.vectors.get("facenet_casia-fp32")
+        base, _, flip = name.partition("+")
+        calibration = artifacts[base].similarity.get("flip" if flip else "single")
+        results["models"][name] = verification_report(vectors, faceset, calibration)
+    dlib, facenet = emb.vectors.get("dlib_resnet_v1-fp32+flip"), emb.vectors.get("facenet_casia-fp32+flip")
     if dlib is not None and facenet is not None:
-        results["models"][FUSION_NAME] = verification_report(fuse(dlib, facenet, args.fusion_weight), faceset)
+        for weight in args.fusion_weights:
+            results["models"][f"fusion(dlib*{weight:g}+facenet)+flip"] = verification_report(
+                fuse(dlib, facenet, weight), faceset)
     if args.peer:
         from edge.evaluation.peer import evaluate_peer
 
@@ -94,13 +98,15 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 def _print_eval(results: dict[str, Any]) -> None:
     print(f"photos: {results['photos']}; median ms per photo: "
           + ", ".join(f"{k} {v:.2f}" for k, v in results["stage_ms_median"].items()))
-    print("| model | no face | 10-fold | TAR@FAR1e-3 (thr) | TAR@FAR1e-4 (thr) | FMR@60 | FMR@70 | FMR@80 |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | no face | 10-fold | TAR@FAR1e-3 (thr) | TAR@FAR1e-4 (thr) | TAR@FAR1e-5 "
+          "| FMR@60 | FMR@70 | FMR@80 |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in results["models"].items():
         t3, t4 = r["tar_at_far"]["0.001"], r["tar_at_far"]["0.0001"]
         fmr = [f"{r['at_similarity'][s]['fmr']:.1e}" if "at_similarity" in r else "-" for s in ("60", "70", "80")]
         print(f"| {name} | {r['photos_without_face']} | {100 * r['ten_fold_accuracy']:.2f}% | "
               f"{100 * t3['tar']:.1f}% ({t3['threshold']:.3f}) | {100 * t4['tar']:.1f}% ({t4['threshold']:.3f}) | "
+              f"{100 * r['tar_at_far']['1e-05']['tar']:.1f}% | "
               + " | ".join(fmr) + " |")
     if "peer" in results:
         p = results["peer"]
@@ -122,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("eval", help="verification accuracy on a folder laid out like faces-dev")
     p.add_argument("--data", required=True)
     p.add_argument("--peer", action="store_true", help="run face_recognition side by side")
-    p.add_argument("--fusion-weight", type=float, default=0.5)
+    p.add_argument("--fusion-weights", type=lambda v: [float(w) for w in v.split(",")], default=[0.5, 0.7, 0.9],
+                   help="dlib's weights in the score fusion with FaceNet, comma-separated")
     p.add_argument("--json", help="write the full results here")
     p.set_defaults(func=cmd_eval)
 

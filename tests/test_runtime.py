@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -35,7 +36,7 @@ def test_missing_delegates_are_skipped_and_logged(caplog: pytest.LogCaptureFixtu
     runtime._delegate.cache_clear()
     with caplog.at_level(logging.INFO, logger="edge.vision.runtime"):
         chosen = select_backend(["edgetpu", "gpu", "cpu"])
-    assert chosen.name == "cpu" and chosen.precision == "fp32"
+    assert chosen.name == "cpu"
     assert "libedgetpu.so.1" in caplog.text and "edgetpu is not available" in caplog.text
 
 
@@ -54,3 +55,17 @@ def test_unknown_or_unavailable_only_is_an_error() -> None:
         select_backend(["tpu-v9"])
     with pytest.raises(RuntimeError, match="none of the configured backends"):
         select_backend(["edgetpu"])
+
+
+def test_cpu_precision_follows_int8_dot_product_support(tmp_path: Path) -> None:
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    vnni = tmp_path / "vnni"
+    vnni.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm aes crc32 atomics fphp asimdhp asimddp\n")
+    pi3 = tmp_path / "pi3"
+    pi3.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm crc32 cpuid\n")
+    assert [runtime.cpu_has_int8_dot_product(p) for p in (avx2, vnni, arm, pi3)] == [False, True, True, False]
+    assert runtime.CpuBackend().precision == (
+        "int8-dynamic" if runtime.cpu_has_int8_dot_product() else "fp32")

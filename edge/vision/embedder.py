@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge.similarity import SimilarityCalibration
 from edge.vision.align import MESH_DLIB5, box_crop, dlib_chip
 from edge.vision.models import Artifact, ModelCatalog
 from edge.vision.runtime import Backend, LiteRTSession
@@ -32,6 +33,10 @@ def _facenet_crop(rgb: np.ndarray, face: FaceGeometry, size: int) -> np.ndarray:
 
 
 _CROPS = {"dlib_resnet_v1": _dlib_crop, "facenet_casia": _facenet_crop}
+
+
+def unit(vec: np.ndarray) -> np.ndarray:
+    return (vec / np.linalg.norm(vec)).astype(np.float32)
 
 
 class Embedder:
@@ -58,13 +63,19 @@ class Embedder:
     def crop(self, rgb: np.ndarray, face: FaceGeometry) -> np.ndarray:
         return self._crop(rgb, face, self.size)
 
+    @property
+    def similarity(self) -> SimilarityCalibration | None:
+        """The cosine -> Similarity map fitted for this embedder in this flip mode."""
+        return self.artifact.similarity.get("flip" if self.flip_augment else "single")
+
     def embed(self, chip: np.ndarray) -> np.ndarray:
         """The L2-normalised embedding of one aligned chip (RGB uint8)."""
-        vec = self._run(chip)
+        vec = self.raw(chip)
         if self.flip_augment:
-            vec = vec + self._run(chip[:, ::-1])
-        return (vec / np.linalg.norm(vec)).astype(np.float32)
+            vec = vec + self.raw(chip[:, ::-1])
+        return unit(vec)
 
-    def _run(self, chip: np.ndarray) -> np.ndarray:
+    def raw(self, chip: np.ndarray) -> np.ndarray:
+        """The model's output for one chip, as it comes (dlib's is not unit length)."""
         tensor = (chip.astype(np.float32)[None] - self._mean) / self._std
         return self._session.run(tensor)[0].reshape(-1).astype(np.float64)

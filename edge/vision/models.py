@@ -33,7 +33,8 @@ class Artifact:
     sha256: str
     input_size: tuple[int, int]
     embedding_size: int | None
-    similarity: SimilarityCalibration | None
+    #: Cosine -> Similarity maps by flip mode ("single", "flip"); empty until calibrated.
+    similarity: dict[str, SimilarityCalibration]
     info: dict[str, Any] = field(repr=False, compare=False)
 
 
@@ -62,13 +63,14 @@ class ModelCatalog:
 
     def _artifact(self, entry: dict[str, Any]) -> Artifact:
         size = entry.get("input", {}).get("size", [0, 0])
-        similarity = entry.get("similarity")
+        similarity = entry.get("similarity") or {}
         return Artifact(
             name=entry["name"], family=entry["family"], kind=entry["kind"],
             precision=entry.get("precision", "fp32"), version=entry.get("version", entry["family"]),
             path=self.model_dir / entry["file"], sha256=entry["sha256"],
             input_size=(int(size[0]), int(size[1])), embedding_size=entry.get("embedding_size"),
-            similarity=SimilarityCalibration.from_dict(similarity) if similarity else None,
+            similarity={mode: SimilarityCalibration.from_dict(similarity[mode])
+                        for mode in ("single", "flip") if mode in similarity},
             info=entry,
         )
 

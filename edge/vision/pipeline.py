@@ -80,10 +80,9 @@ class FacePipeline:
                 raise
             artifact = catalog.find("embedder", settings.embedder, "fp32")
             backend = cpu
-        self.embedder = Embedder(catalog, artifact, backend=backend, threads=threads,
-                                 flip_augment=settings.flip_augment)
-        # None until `edge-face calibrate` has fitted this family; searches need it.
-        self.similarity = artifact.similarity
+        flip = settings.flip_augment == "on" or (
+            settings.flip_augment == "auto" and not (backend.name == "cpu" and artifact.precision == "fp32"))
+        self.embedder = Embedder(catalog, artifact, backend=backend, threads=threads, flip_augment=flip)
 
     @property
     def face_model_version(self) -> str:

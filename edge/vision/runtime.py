@@ -8,6 +8,7 @@ model precision that pays on it.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import threading
@@ -80,10 +81,19 @@ class Backend:
 
 
 class CpuBackend(Backend):
-    """XNNPACK on the CPU: fp32 is as fast as int8 on AVX2, and the most accurate."""
+    """XNNPACK on the CPU.
+
+    On AVX2 int8 runs no faster than fp32, so fp32 (the most accurate) is the default; cores
+    with int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, Arm's dotprod) run int8
+    dynamic-range int8 (int8 weights, activations quantised on the fly) about 2.5 times
+    faster, with its verification accuracy within 0.3 points of fp32 (README).
+    """
 
     name = "cpu"
     precision = "fp32"
+
+    def __init__(self) -> None:
+        self.precision = "int8-dynamic" if cpu_has_int8_dot_product() else "fp32"
 
 
 class EdgeTpuBackend(Backend):
@@ -106,6 +116,9 @@ class GpuBackend(Backend):
 def _delegate(library: str) -> Any | None:
     """Load a delegate library once; a missing one is logged and means 'not available'."""
     try:
+        # Probe with the dynamic loader first: LiteRT's Delegate raises noisily from __del__
+        # when its own load fails.
+        ctypes.CDLL(library)
         return load_delegate(library)
     except (OSError, ValueError, RuntimeError) as exc:
         log.info("accelerator delegate %s not available: %s", library, exc)
@@ -129,6 +142,23 @@ def select_backend(preference: Sequence[str]) -> Backend:
             return backend
         log.info("backend %s is not available here", name)
     raise RuntimeError(f"none of the configured backends is available: {list(preference)}")
+
+
+_INT8_DOT_FLAGS = {"avx512_vnni", "avx_vnni", "asimddp"}
+
+
+@cache
+def cpu_has_int8_dot_product(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU has int8 dot-product instructions (x86 VNNI, Arm dotprod)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features") and _INT8_DOT_FLAGS & set(value.split()):
+            return True
+    return False
 
 
 def default_threads() -> int:

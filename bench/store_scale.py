@@ -1,0 +1,208 @@
+"""How the face store scales: build time, search latency, recall, memory, disk and start-up.
+
+For each size and dimension it enrols clustered synthetic faces through Store.add_faces (SQLite and
+HNSW, as in production), closes the store, then reopens it in a fresh process so that start-up time
+and resident memory are the serving process's own, not the builder's.  Recall@1 compares the store's
+top hit with an exact scan of all vectors.  Results are merged into bench/results/store_scale.json.
+
+    python bench/store_scale.py --sizes 100000,1000000 --dims 128,512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.store import HnswParams, Store
+from edge.store.index import HNSWLIB_VERSION, ExactIndex
+from edge.store.synthetic import SyntheticFaces, new_faces
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODEL = "bench-model"
+COLLECTION = "bench"
+FACES_PER_IDENTITY = 5
+BATCH = 10_000
+"""Faces per add_faces call, i.e. per SQLite transaction."""
+K = 10
+QUERY_STREAM = 2**31 - 1
+"""Noise stream of the queries: fresh samples of enrolled identities, never an enrolled vector."""
+
+
+def _memory_mb() -> dict[str, float]:
+    """Resident and peak resident memory of this process."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {key: int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM")}
+
+
+def _disk_bytes(state_dir: Path) -> dict[str, int]:
+    sizes = {"db": 0, "index": 0}
+    for path in state_dir.rglob("*"):
+        if path.is_file():
+            sizes["index" if path.parent != state_dir else "db"] += path.stat().st_size
+    return sizes
+
+
+def _percentile_ms(seconds: list[float], q: float) -> float:
+    return round(1000 * float(np.percentile(seconds, q)), 3)
+
+
+def serve(state_dir: Path, queries_file: Path, params: HnswParams) -> dict[str, Any]:
+    """Child process: open the store, then search every query once, single-threaded."""
+    start = time.perf_counter()
+    store = Store(state_dir, hnsw=params, checkpoint_interval_s=None)
+    open_s = time.perf_counter() - start
+    after_open = _memory_mb()["VmRSS"]
+    queries = np.load(queries_file)
+    store.search(COLLECTION, queries[0], model_version=MODEL, k=K)  # first touch of the pages
+    latencies, top1 = [], []
+    for query in queries:
+        start = time.perf_counter()
+        hits = store.search(COLLECTION, query, model_version=MODEL, k=K)
+        latencies.append(time.perf_counter() - start)
+        top1.append(hits[0].face.face_id)
+    store.close()
+    return {
+        "open_s": round(open_s, 3),
+        "recovery": store.recovery[COLLECTION].kind,
+        "search_p50_ms": _percentile_ms(latencies, 50),
+        "search_p99_ms": _percentile_ms(latencies, 99),
+        "rss_after_open_mb": round(after_open, 1),
+        "rss_peak_mb": round(_memory_mb()["VmHWM"], 1),
+        "top1": top1,
+    }
+
+
+def measure(size: int, dim: int, queries: int, workdir: Path, params: HnswParams) -> dict[str, Any]:
+    state_dir = workdir / f"store-{size}-{dim}"
+    shutil.rmtree(state_dir, ignore_errors=True)
+    syn = SyntheticFaces(dim, -(-size // FACES_PER_IDENTITY), seed=size + dim)
+    data = np.empty((size, dim), dtype=np.float32)
+    face_ids: list[str] = []
+
+    store = Store(state_dir, hnsw=params, checkpoint_interval_s=None)
+    store.create_collection(COLLECTION, face_model_version=MODEL, dim=dim, arn=f"arn:bench:{size}:{dim}")
+    build_s = 0.0
+    for start in range(0, size, BATCH):
+        rows = np.arange(start, min(start + BATCH, size))
+        data[rows] = syn.sample(rows // FACES_PER_IDENTITY, stream=start)
+        begin = time.perf_counter()
+        face_ids += [f.face_id for f in store.add_faces(COLLECTION, new_faces(data[rows]), model_version=MODEL)]
+        build_s += time.perf_counter() - begin
+    begin = time.perf_counter()
+    store.close()
+    close_s = time.perf_counter() - begin
+
+    rng = np.random.default_rng(size * dim)
+    probe = syn.sample(rng.integers(0, len(syn.centres), queries), stream=QUERY_STREAM)
+    truth = np.concatenate([np.argmax(chunk @ data.T, axis=1) for chunk in np.array_split(probe, 20)])
+    exact = ExactIndex(dim)
+    exact.add(np.arange(size, dtype=np.int64), data)
+    exact_latencies = []
+    for query in probe[:200]:
+        begin = time.perf_counter()
+        exact.search(query, K)
+        exact_latencies.append(time.perf_counter() - begin)
+    del exact
+
+    queries_file = workdir / "queries.npy"
+    np.save(queries_file, probe)
+    hnsw_flags = ["--m", str(params.m), "--ef-construction", str(params.ef_construction), "--ef", str(params.ef)]
+    child = subprocess.run(
+        [sys.executable, __file__, "--serve", str(state_dir), "--queries-file", str(queries_file), *hnsw_flags],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    served = json.loads(child.stdout)
+    recall = float(np.mean([got == face_ids[want] for got, want in zip(served.pop("top1"), truth, strict=True)]))
+    return {
+        "faces": size,
+        "dim": dim,
+        "build_s": round(build_s, 1),
+        "faces_per_s": round(size / build_s),
+        "close_s": round(close_s, 2),
+        **served,
+        "exact_p50_ms": _percentile_ms(exact_latencies, 50),
+        "recall_at_1": round(recall, 4),
+        "disk_bytes": _disk_bytes(state_dir),
+        "queries": queries,
+    }
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| faces | dim | build s | faces/s | open s | p50 ms | p99 ms | exact p50 ms | recall@1 "
+        "| RSS open MB | RSS peak MB | db MB | index MB |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(
+            f"| {r['faces']:,} | {r['dim']} | {r['build_s']} | {r['faces_per_s']:,} | {r['open_s']} "
+            f"| {r['search_p50_ms']} | {r['search_p99_ms']} | {r['exact_p50_ms']} | {r['recall_at_1']} "
+            f"| {r['rss_after_open_mb']:,.0f} | {r['rss_peak_mb']:,.0f} | {r['disk_bytes']['db'] / 2**20:,.0f} "
+            f"| {r['disk_bytes']['index'] / 2**20:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100000", help="comma-separated face counts")
+    parser.add_argument("--dims", default="128,512", help="comma-separated embedding dimensions")
+    parser.add_argument("--queries", type=int, default=1000)
+    defaults = HnswParams()
+    parser.add_argument("--m", type=int, default=defaults.m)
+    parser.add_argument("--ef-construction", type=int, default=defaults.ef_construction)
+    parser.add_argument("--ef", type=int, default=defaults.ef)
+    parser.add_argument("--workdir", type=Path, help="where stores are built (default: a temporary folder)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "store_scale.json")
+    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--queries-file", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    params = HnswParams(m=args.m, ef_construction=args.ef_construction, ef=args.ef)
+    if args.serve:
+        print(json.dumps(serve(args.serve, args.queries_file, params)))
+        return
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="store-scale-"))
+    rows = []
+    try:
+        for size in map(int, args.sizes.split(",")):
+            for dim in map(int, args.dims.split(",")):
+                rows.append(measure(size, dim, args.queries, workdir, params))
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    previous = json.loads(args.out.read_text())["runs"] if args.out.is_file() else []
+    fresh = {(r["faces"], r["dim"]) for r in rows}
+    runs = [r for r in previous if (r["faces"], r["dim"]) not in fresh] + rows
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "hnswlib": HNSWLIB_VERSION},
+                "hnsw": asdict(params),
+                "runs": sorted(runs, key=lambda r: (r["faces"], r["dim"])),
+            },
+            indent=2,
+        )
+    )
+    print(_markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Plain records exchanged with the store; the operations layer maps them to Rekognition shapes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+Vector = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class BoundingBox:
+    """Ratios of the image size, as Rekognition reports them."""
+
+    width: float
+    height: float
+    left: float
+    top: float
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionRecord:
+    collection_id: str
+    arn: str
+    face_model_version: str
+    dim: int
+    created_at: float
+    uid: str
+    """Identifies this incarnation of the id, so files of a deleted namesake are never reused."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewFace:
+    """A face to index; the store assigns the face id."""
+
+    vector: npt.ArrayLike
+    image_id: str
+    bounding_box: BoundingBox
+    confidence: float
+    external_image_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FaceRecord:
+    face_id: str
+    collection_id: str
+    image_id: str
+    external_image_id: str | None
+    bounding_box: BoundingBox
+    confidence: float
+    index_faces_model_version: str
+    user_id: str | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    face: FaceRecord
+    similarity: float
+    """Cosine similarity in [-1, 1]."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    collection_id: str
+    user_id: str
+    status: Literal["CREATED", "ACTIVE"]
+    """CREATED while no face is associated, ACTIVE once one is (Rekognition's UserStatus)."""
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class FaceDeletion:
+    deleted: list[str]
+    not_found: list[str]
+    user_associated: list[str]
+    """Refused, as Rekognition does: such faces must be disassociated from their user first."""
+
+
+@dataclass(frozen=True, slots=True)
+class FaceAssociation:
+    """Outcome of associating faces with, or disassociating them from, a user."""
+
+    succeeded: list[str]
+    not_found: list[str]
+    other_user: list[str]
+    user_status: Literal["CREATED", "ACTIVE"]
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What opening the store did to one collection's index (for logs, metrics and tests)."""
+
+    kind: Literal["exact", "loaded", "replayed", "rebuilt"]
+    detail: str = ""

@@ -1,0 +1,109 @@
+"""Searches in parallel with enrolment, deletion and background checkpoints (index swaps included)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from conftest import DIM, MODEL, OpenStore
+
+from edge.store import Store
+from edge.store.index import ExactIndex
+from edge.store.synthetic import SyntheticFaces, new_faces
+
+RUN_S = 3.0
+SYN = SyntheticFaces(DIM, 1000, seed=9)
+
+
+def _hammer(workers: list[Callable[[], None]], run_s: float) -> list[BaseException]:
+    """Run each worker in a loop on its own thread for run_s; return what they raised."""
+    stop, errors = threading.Event(), []
+
+    def loop(work: Callable[[], None]) -> None:
+        try:
+            while not stop.is_set():
+                work()
+        except BaseException as exc:  # reported to the test thread
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=loop, args=(work,)) for work in workers]
+    for thread in threads:
+        thread.start()
+    time.sleep(run_s)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+@pytest.mark.parametrize("adders", [2, 0], ids=["enrolling", "shrinking"])
+def test_parallel_search_add_delete_stay_consistent(open_store: OpenStore, adders: int) -> None:
+    # Frequent checkpoints: saves, scrub-and-reload and (when deletes outpace the inserts that reuse
+    # their slots) compaction all swap the index under running searches.
+    store = open_store(exact_max=0, checkpoint_interval_s=0.2, compact_ratio=0.02)
+    store.create_collection("c", face_model_version=MODEL, dim=DIM, arn="arn:c")
+    preload = SYN.sample(np.repeat(np.arange(1000), 3), stream=0)
+    faces = store.add_faces("c", new_faces(preload), model_version=MODEL)
+    stable = {f.face_id: v for f, v in zip(faces[:2000], preload[:2000], strict=True)}
+    doomed = [(f.face_id, v) for f, v in zip(faces[2000:], preload[2000:], strict=True)]
+    added: dict[str, np.ndarray] = {}
+    deleted: list[str] = []
+    lock = threading.Lock()
+    rng_lock, rng = threading.Lock(), np.random.default_rng(0)
+    stable_ids = list(stable)
+
+    def search() -> None:
+        with rng_lock:
+            face_id = stable_ids[int(rng.integers(len(stable_ids)))]
+        hits = store.search("c", stable[face_id], model_version=MODEL, k=5)
+        assert hits[0].face.face_id == face_id
+        assert all(a.similarity >= b.similarity for a, b in itertools.pairwise(hits))
+        for hit in hits:
+            if hit.face.face_id in stable:
+                assert abs(hit.similarity - float(stable[hit.face.face_id] @ stable[face_id])) < 1e-4
+
+    def add() -> None:
+        with rng_lock:
+            identities, stream = rng.integers(0, 1000, int(rng.integers(1, 6))), int(rng.integers(1, 1 << 30))
+        vectors = SYN.sample(identities, stream)
+        for face, vector in zip(store.add_faces("c", new_faces(vectors), model_version=MODEL), vectors, strict=True):
+            assert store.search("c", vector, model_version=MODEL, k=1)[0].face.face_id == face.face_id
+            with lock:
+                added[face.face_id] = vector
+
+    def delete() -> None:
+        with lock:
+            if not doomed:
+                return
+            face_id, vector = doomed.pop()
+        assert store.delete_faces("c", [face_id]).deleted == [face_id]
+        deleted.append(face_id)
+        assert face_id not in {h.face.face_id for h in store.search("c", vector, model_version=MODEL, k=10)}
+
+    errors = _hammer([search, search, search, delete, *[add] * adders], RUN_S)
+    assert not errors, errors
+    assert len(added) >= 50 * adders and len(deleted) > 50
+
+    alive = {**stable, **added}
+    assert store.face_count("c") == len(alive) + len(doomed)
+    for face_id, vector in alive.items():
+        assert store.search("c", vector, model_version=MODEL, k=1)[0].face.face_id == face_id
+    assert not set(deleted) & {f.face_id for f in store.list_faces("c", limit=100_000)[0]}
+    _assert_agrees_with_exact_oracle(store, {**alive, **dict(doomed)})
+
+
+def _assert_agrees_with_exact_oracle(store: Store, vectors: dict[str, np.ndarray]) -> None:
+    ids = list(vectors)
+    oracle = ExactIndex(DIM)
+    oracle.add(np.arange(len(ids), dtype=np.int64), np.stack(list(vectors.values())))
+    queries = SYN.sample(np.arange(0, 1000, 2), stream=12345)
+    agree = sum(
+        store.search("c", query, model_version=MODEL, k=1)[0].face.face_id == ids[int(oracle.search(query, 1)[0][0])]
+        for query in queries
+    )
+    assert agree / len(queries) >= 0.99

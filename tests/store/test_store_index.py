@@ -1,0 +1,170 @@
+"""Vector indexes on their own: HNSW against the exact oracle, growth, deletes, verified files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.store.errors import IndexInvalid
+from edge.store.index import INDEX_FILE, MANIFEST_FILE, ExactIndex, HnswIndex, HnswParams
+from edge.store.models import CollectionRecord
+from edge.store.synthetic import SyntheticFaces
+
+DIM = 128
+PARAMS = HnswParams()
+RECORD = CollectionRecord("c", "arn:c", "m1", DIM, 0.0, "uid-1")
+
+
+def _labels(n: int, start: int = 1) -> np.ndarray:
+    return np.arange(start, start + n, dtype=np.int64)
+
+
+@pytest.fixture(scope="module")
+def clustered() -> tuple[np.ndarray, np.ndarray]:
+    """20k faces (4k identities x 5) and 2k fresh query samples of indexed identities."""
+    syn = SyntheticFaces(DIM, 4000, seed=7)
+    data = syn.sample(np.repeat(np.arange(4000), 5), stream=0)
+    queries = syn.sample(np.random.default_rng(1).integers(0, 4000, 2000), stream=1)
+    return data, queries
+
+
+@pytest.fixture(scope="module")
+def built(clustered: tuple[np.ndarray, np.ndarray]) -> HnswIndex:
+    data, _ = clustered
+    return HnswIndex.build(DIM, PARAMS, _labels(len(data)), data)
+
+
+def test_hnsw_recall_at_1_against_exact_oracle(clustered: tuple[np.ndarray, np.ndarray], built: HnswIndex) -> None:
+    data, queries = clustered
+    exact = ExactIndex(DIM)
+    exact.add(_labels(len(data)), data)
+    truth = _labels(len(data))[np.argmax(queries @ data.T, axis=1)]
+    assert all(exact.search(query, 1)[0][0] == want for query, want in zip(queries[:200], truth, strict=False))
+    got = np.array([built.search(query, 1)[0][0] for query in queries])
+    assert np.mean(got == truth) >= 0.995
+
+
+def test_exact_index_keeps_rows_packed_and_forgets_removed_vectors() -> None:
+    vectors = SyntheticFaces(DIM, 10, seed=1).sample(np.arange(10), stream=0)
+    exact = ExactIndex(DIM)
+    exact.add(_labels(10), vectors)
+    exact.remove(np.array([3, 10]))
+    labels, stored = exact.items()
+    assert sorted(labels.tolist()) == [1, 2, 4, 5, 6, 7, 8, 9]
+    assert not any(np.array_equal(row, vectors[2]) for row in stored)
+    found, scores = exact.search(vectors[2], 10)
+    assert 3 not in found and len(found) == 8 and np.all(np.diff(scores) <= 0)
+
+
+def test_hnsw_grows_geometrically_and_reuses_deleted_slots() -> None:
+    syn = SyntheticFaces(DIM, 300, seed=2)
+    index = HnswIndex.build(DIM, PARAMS, _labels(10), syn.sample(np.arange(10), stream=0))
+    index.add(_labels(190, start=11), syn.sample(np.arange(10, 200), stream=0))
+    assert len(index) == index.element_count == 200
+    index.remove(_labels(50))
+    assert (len(index), index.deleted) == (150, 50)
+    fresh = syn.sample(np.arange(200, 230), stream=0)
+    index.add(_labels(30, start=1000), fresh)
+    assert (len(index), index.deleted, index.element_count) == (180, 20, 200)
+    for i, vector in enumerate(fresh):
+        assert index.search(vector, 1)[0][0] == 1000 + i
+    assert not set(index.search(syn.sample(np.arange(50), stream=0)[0], 20)[0].tolist()) & set(range(1, 51))
+
+
+def _saved(tmp_path: Path) -> tuple[Path, np.ndarray, HnswIndex]:
+    vectors = SyntheticFaces(DIM, 100, seed=3).sample(np.repeat(np.arange(100), 3), stream=0)
+    index = HnswIndex.build(DIM, PARAMS, _labels(300), vectors)
+    index.remove(_labels(5))
+    index.save(tmp_path, RECORD, change_seq=42)
+    return tmp_path, vectors, index
+
+
+def test_save_load_round_trip_zeroes_deleted_vectors_in_the_file(tmp_path: Path) -> None:
+    directory, vectors, index = _saved(tmp_path)
+    loaded, manifest = HnswIndex.load(directory, RECORD, PARAMS)
+    assert (manifest.change_seq, manifest.element_count, manifest.deleted_count) == (42, 300, 5)
+    assert (manifest.dim, manifest.space, manifest.face_model_version) == (DIM, "ip", "m1")
+    assert len(loaded) == 295
+    for label in range(6, 301, 7):
+        assert loaded.search(vectors[label - 1], 1)[0][0] == index.search(vectors[label - 1], 1)[0][0] == label
+    content = (directory / INDEX_FILE).read_bytes()
+    assert all(vectors[i].tobytes() not in content for i in range(5))
+    assert all(vectors[i].tobytes() in content for i in range(5, 300))
+    assert sorted(p.name for p in directory.iterdir()) == [INDEX_FILE, MANIFEST_FILE]
+
+
+def _truncate(directory: Path) -> None:
+    path = directory / INDEX_FILE
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip_byte(directory: Path) -> None:
+    path = directory / INDEX_FILE
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _edit_manifest(**changes: object) -> object:
+    def edit(directory: Path) -> None:
+        path = directory / MANIFEST_FILE
+        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+    return edit
+
+
+def _foreign_file_with_forged_sha(directory: Path) -> None:
+    """A valid hnswlib file of another dimension, with a manifest re-signed to match it."""
+    other = HnswIndex.build(64, PARAMS, _labels(300), SyntheticFaces(64, 300, seed=4).sample(np.arange(300), 0))
+    sha = other.save(directory / "other", RECORD.__class__("c", "arn", "m1", 64, 0.0, "uid-1"), 42).sha256
+    os.replace(directory / "other" / INDEX_FILE, directory / INDEX_FILE)
+    _edit_manifest(sha256=sha)(directory)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (_truncate, "sha256"),
+        (_flip_byte, "sha256"),
+        (lambda d: (d / MANIFEST_FILE).unlink(), "sha256"),
+        (lambda d: (d / INDEX_FILE).unlink(), "no saved index"),
+        (_edit_manifest(dim=64), "dim"),
+        (_edit_manifest(space="l2"), "space"),
+        (_edit_manifest(face_model_version="m2"), "face_model_version"),
+        (_edit_manifest(collection_uid="uid-other"), "collection_uid"),
+        (_edit_manifest(element_count=301), "layout"),
+        (_foreign_file_with_forged_sha, "layout"),
+    ],
+    ids=["truncated", "flipped", "no-manifest", "no-index", "dim", "space", "model", "uid", "count", "foreign"],
+)
+def test_damaged_index_is_refused(tmp_path: Path, damage: object, reason: str) -> None:
+    directory, _, _ = _saved(tmp_path)
+    damage(directory)  # type: ignore[operator]
+    with pytest.raises(IndexInvalid, match=reason):
+        HnswIndex.load(directory, RECORD, PARAMS)
+
+
+def test_crash_between_the_two_renames_rolls_forward(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    directory, vectors, index = _saved(tmp_path)
+    index.add(_labels(1, start=999), vectors[:1])
+    real_replace = os.replace
+
+    class Killed(Exception):
+        pass
+
+    def crash_on_manifest(src: Path, dst: Path) -> None:
+        if Path(dst).name == MANIFEST_FILE:
+            raise Killed
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_on_manifest)
+    with pytest.raises(Killed):
+        index.save(directory, RECORD, change_seq=43)
+    monkeypatch.setattr(os, "replace", real_replace)
+    loaded, manifest = HnswIndex.load(directory, RECORD, PARAMS)
+    assert (manifest.change_seq, len(loaded)) == (43, 296)
+    assert sorted(p.name for p in directory.iterdir()) == [INDEX_FILE, MANIFEST_FILE]
