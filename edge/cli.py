@@ -69,9 +69,30 @@ def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_identify(args: argparse.Namespace, settings: Settings) -> int:
+    """1:N identification through IndexFaces and SearchFacesByImage, beside the peer."""
+    from edge.evaluation.dataset import load_faceset
+    from edge.evaluation.identify import evaluate_identification, evaluate_peer_identification
+
+    faceset = load_faceset(args.data)
+    results: dict[str, Any] = {"edge_face": evaluate_identification(settings, faceset)}
+    if args.peer:
+        from edge.evaluation.peer import cached_embeddings
+
+        embeddings, _ = cached_embeddings(faceset, Path(args.peer_cache) if args.peer_cache else None)
+        results["face_recognition"] = evaluate_peer_identification(faceset, embeddings)
+    print(json.dumps(results, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     """Verification accuracy of every embedder artifact in both flip modes (and fusions), beside the peer."""
     from edge.evaluation.verify import fuse, verification_report
+
+    if args.identify:
+        return cmd_identify(args, settings)
 
     faceset, emb, artifacts = _embed_all(settings, Path(args.data))
     results: dict[str, Any] = {"photos": len(faceset.paths), "stage_ms_median": {
@@ -128,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("eval", help="verification accuracy on a folder laid out like faces-dev")
     p.add_argument("--data", required=True)
     p.add_argument("--peer", action="store_true", help="run face_recognition side by side")
+    p.add_argument("--peer-cache", help="an .npz to keep face_recognition's embeddings in between runs")
+    p.add_argument("--identify", action="store_true", help="1:N identification through the Rekognition operations")
     p.add_argument("--fusion-weights", type=lambda v: [float(w) for w in v.split(",")], default=[0.5, 0.7, 0.9],
                    help="dlib's weights in the score fusion with FaceNet, comma-separated")
     p.add_argument("--json", help="write the full results here")

@@ -53,12 +53,33 @@ class PipelineSettings(BaseModel):
     flip_augment: Literal["auto", "on", "off"] = "auto"
 
 
+def default_state_dir() -> Path:
+    """Collections live in the user's data directory unless the daemon is given another."""
+    data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return data / "edge-face"
+
+
+class ServiceSettings(BaseModel):
+    """What the Rekognition operations report about themselves and where S3 images come from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Region and account in ARNs; clients sign for any region.
+    region: str = "us-east-1"
+    account_id: str = Field(default="000000000000", pattern=r"^[0-9]{12}$")
+    #: S3Object images are read from local directories: bucket name -> directory (kiosks drop
+    #: snapshots on disk). An unmapped bucket or a missing key is InvalidS3ObjectException.
+    buckets: dict[str, Path] = {}
+
+
 class Settings(BaseSettings):
     """Everything the daemon and the CLI read at start-up."""
 
     model_config = SettingsConfigDict(env_prefix="EDGE_FACE_", env_nested_delimiter="__", extra="forbid")
 
+    state_dir: Path = Field(default_factory=default_state_dir)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,

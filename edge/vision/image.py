@@ -94,14 +94,17 @@ _REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMR
                   8: cv2.IMREAD_REDUCED_COLOR_8}
 
 
-def decode_image(data: bytes) -> DecodedImage:
-    """Decode bytes into a working-size RGB image, or raise the error Rekognition would."""
+def decode_image(data: bytes, *, max_bytes: int = MAX_IMAGE_BYTES) -> DecodedImage:
+    """Decode bytes into a working-size RGB image, or raise the error Rekognition would.
+
+    `max_bytes` is 5 MB for bytes sent in a request and 15 MB for an image read from S3.
+    """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise InvalidParameterException("Image bytes must be a blob")
     data = bytes(data)
-    if len(data) > MAX_IMAGE_BYTES:
+    if len(data) > max_bytes:
         raise ImageTooLargeException(
-            f"Image size is too large: {len(data)} bytes, the maximum is {MAX_IMAGE_BYTES} bytes")
+            f"Image size is too large: {len(data)} bytes, the maximum is {max_bytes} bytes")
     if not data:
         raise InvalidImageFormatException("Request has invalid image format")
     fmt = sniff_format(data)
