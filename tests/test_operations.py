@@ -137,7 +137,8 @@ def test_index_faces_max_faces_and_quality_filter(ops: Rekognition, misc: Path) 
 def test_list_faces_pages_with_tokens_bound_to_the_collection(ops: Rekognition, enrolled: dict[str, str]) -> None:
     ids, token = [], None
     while True:
-        page = ops.call("ListFaces", {"CollectionId": "door", "MaxResults": 4, **({"NextToken": token} if token else {})})
+        paging = {"NextToken": token} if token else {}
+        page = ops.call("ListFaces", {"CollectionId": "door", "MaxResults": 4, **paging})
         ids += [f["FaceId"] for f in page["Faces"]]
         token = page.get("NextToken")
         if not token:

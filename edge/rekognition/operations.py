@@ -161,12 +161,11 @@ class Rekognition:
                 unindexed.append({"Reasons": reasons, "FaceDetail": self._detail(analysis, face, all_attributes)})
             else:
                 passing.append(face)
-        # Beyond MaxFaces the lowest-quality, then the smallest faces are left out.
-        passing.sort(key=lambda f: (-_quality_rank(f), -f.area()))
+        # The quality filter has already left out the low-quality faces; beyond MaxFaces the
+        # smallest of the rest go (analysis.faces is largest first).
         kept, dropped = passing[:max_faces], passing[max_faces:]
         unindexed += [{"Reasons": ["EXCEEDS_MAX_FACES"], "FaceDetail": self._detail(analysis, f, all_attributes)}
                       for f in dropped]
-        kept.sort(key=lambda f: -f.area())
         previous = [f for f in self.store.find_faces_by_image(cid, image_id=image_id)
                     if f.external_image_id == external]
         if previous:
@@ -448,11 +447,6 @@ class Rekognition:
 
 def _snake(name: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
-
-
-def _quality_rank(face: Face) -> float:
-    """One number for 'better face' when MaxFaces drops some: sharpness and brightness, then pose."""
-    return face.quality.sharpness + face.quality.brightness - abs(face.pose.yaw) - abs(face.pose.pitch)
 
 
 def _box(box: dict[str, float]) -> BoundingBox:
