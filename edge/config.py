@@ -18,6 +18,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from edge.server.settings import ServerSettings
+
 
 def default_model_dir() -> Path:
     """Built models live in the user's cache: they are rebuilt from PyPI wheels, never committed."""
@@ -80,6 +82,7 @@ class Settings(BaseSettings):
     state_dir: Path = Field(default_factory=default_state_dir)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,

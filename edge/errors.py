@@ -38,3 +38,13 @@ ThrottlingException = _client_error("ThrottlingException")
 LimitExceededException = _client_error("LimitExceededException")
 ConflictException = _client_error("ConflictException")
 ServiceQuotaExceededException = _client_error("ServiceQuotaExceededException")
+#: What Rekognition's front end answers before an operation runs. Rekognition speaks AWS JSON 1.1
+#: (Coral), whose authentication errors are 400s (REST services such as Lambda send 403): a captured
+#: Rekognition reply to an expired signature is `400 {"__type":"InvalidSignatureException",...}`.
+UnknownOperationException = _client_error("UnknownOperationException")
+MissingAuthenticationTokenException = _client_error("MissingAuthenticationTokenException")
+IncompleteSignatureException = _client_error("IncompleteSignatureException")
+InvalidSignatureException = _client_error("InvalidSignatureException")
+UnrecognizedClientException = _client_error("UnrecognizedClientException")
+#: A body over the daemon's limit is refused before it is read; 413 is not retried by clients.
+RequestEntityTooLargeException = _client_error("RequestEntityTooLargeException", 413)

@@ -19,7 +19,7 @@ from edge.vision.embedder import Embedder, FaceGeometry, unit
 from edge.vision.pipeline import FacePipeline
 
 FARS = (1e-3, 1e-4, 1e-5)
-SIMILARITIES = (60.0, 70.0, 80.0)
+SIMILARITIES = (60.0, 70.0, 80.0, 90.0)
 
 
 @dataclass

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from store_support import OpenStore
 
 from edge.store import Store
-
-MODEL = "edge-test-1"
-DIM = 128
-
-OpenStore = Callable[..., Store]
 
 
 @pytest.fixture

@@ -11,12 +11,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from store_support import DIM, MODEL
 
 from edge.store import Store
 from edge.store.synthetic import SyntheticFaces, new_faces
-
-MODEL = "edge-test-1"
-DIM = 128
 
 
 def main(state_dir: Path, seed: int) -> None:

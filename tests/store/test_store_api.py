@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DIM, MODEL, OpenStore
+from store_support import DIM, MODEL, OpenStore
 
 from edge.store import (
     CollectionExists,

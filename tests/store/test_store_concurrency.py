@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from conftest import DIM, MODEL, OpenStore
+from store_support import DIM, MODEL, OpenStore
 
 from edge.store import Store
 from edge.store.index import ExactIndex

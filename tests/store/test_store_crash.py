@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DIM, MODEL, OpenStore
+from store_support import DIM, MODEL, OpenStore
 
 from edge.store import FaceNotFound
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from store_support import DIM
 
 from edge.store.errors import IndexInvalid
 from edge.store.index import INDEX_FILE, MANIFEST_FILE, ExactIndex, HnswIndex, HnswParams
 from edge.store.models import CollectionRecord
 from edge.store.synthetic import SyntheticFaces
 
-DIM = 128
 PARAMS = HnswParams()
 RECORD = CollectionRecord("c", "arn:c", "m1", DIM, 0.0, "uid-1")
 
