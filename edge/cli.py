@@ -136,6 +136,13 @@ def _print_eval(results: dict[str, Any]) -> None:
               f"{100 * p['all_pairs']['cosine']['far=0.001']['tar']:.1f}%; timings {p['timings']}")
 
 
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the Rekognition-compatible daemon until SIGTERM or Ctrl-C."""
+    from edge.server.app import serve
+
+    return serve(settings, state_dir=args.state_dir, host=args.host, port=args.port)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge-face", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -161,6 +168,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--family", default="dlib_resnet_v1")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("serve", help="run the daemon (Rekognition's API over HTTP, for the aws CLI and SDKs)")
+    p.add_argument("--state-dir", help="collections and access keys (default: the user's data directory, "
+                   "~/.local/share/edge-face)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    p.set_defaults(func=cmd_serve)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)

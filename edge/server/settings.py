@@ -39,7 +39,7 @@ class ServerSettings(BaseModel):
     #: How far X-Amz-Date may be from the device's clock, as AWS allows.
     clock_skew_s: int = Field(default=300, ge=1)
     #: How long in-flight requests may take to finish on SIGTERM before they are cut off.
-    shutdown_timeout_s: float = Field(default=30.0, ge=0)
+    shutdown_timeout_s: int = Field(default=30, ge=1)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerSettings:

@@ -1,0 +1,274 @@
+"""The daemon's HTTP face: Rekognition's JSON 1.1 protocol on `POST /`, plus health, readiness and metrics.
+
+A request goes through, in order: the body-size limit (from Content-Length, before reading), the
+signature's header checks, the capped body read, the signature itself, the protocol (content type,
+X-Amz-Target), the key's scope, and only then the operation: image operations on the bounded
+inference pool, the rest on the event loop's thread pool. Every refusal happens before the
+operations layer runs, so a rejected request reads and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from edge import errors
+from edge.config import Settings
+from edge.rekognition.operations import Rekognition, token_secret
+from edge.server.auth import Authenticator, HttpRequest, is_loopback
+from edge.server.credentials import CREDENTIALS_FILE, load_or_create_keys
+from edge.server.metrics import Metrics
+from edge.server.pool import InferencePool, ObservedPipeline
+from edge.server.settings import ServerSettings
+from edge.store import Store
+from edge.vision.runtime import default_threads
+
+log = logging.getLogger(__name__)
+
+TARGET_PREFIX = "RekognitionService."
+CONTENT_TYPE = "application/x-amz-json-1.1"
+#: AWS JSON 1.1 as the SDKs send it, plus the neighbours a hand-written client may use.
+JSON_CONTENT_TYPES = frozenset({CONTENT_TYPE, "application/x-amz-json-1.0", "application/json"})
+#: Operations that run the face pipeline, hence the bounded pool.
+IMAGE_OPERATIONS = frozenset({"IndexFaces", "SearchFacesByImage", "DetectFaces", "CompareFaces", "SearchUsersByImage"})
+INTERNAL_ERROR = "Internal server error"
+
+
+class Daemon:
+    """What a running daemon holds: the store, the keys and the workers; opened at start-up, closed at shutdown."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.store = Store(settings.state_dir)  # takes the state directory's lock: one daemon per directory
+        try:
+            keys, created = load_or_create_keys(settings.state_dir)
+            if created:
+                log.warning("created access keys: %s", usage_hint(settings))
+            self.auth = Authenticator(keys, settings.server)
+            size = settings.server.pool_size or default_threads()
+            # Unless configured, the pool's threads share the cores rather than each taking all of them.
+            pipeline = settings.pipeline.model_copy(
+                update={"threads": settings.pipeline.threads or max(1, default_threads() // size)})
+            secret = token_secret(settings.state_dir)
+            workers = [Rekognition(self.store, ObservedPipeline(pipeline, metrics.observe_stages), settings.service,
+                                   secret=secret) for _ in range(size)]
+            self.pool = InferencePool(workers, settings.server.queue_size)
+        except BaseException:
+            self.store.close()
+            raise
+        # Operations without an image never touch a pipeline, so any worker's facade serves them.
+        self.rekognition = workers[0]
+        metrics.watch(self.store, lambda: self.pool.admitted)
+        log.info("ready: state %s, %d inference workers, queue %d", settings.state_dir, size,
+                 settings.server.queue_size)
+
+    async def handle(self, request: Request, operation: str) -> dict[str, Any]:
+        """Authenticate, check the protocol and the key's scope, then run the operation."""
+        limit = self.settings.server.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and int(declared) > limit:
+            raise _too_large(limit)
+        claim = self.auth.begin(HttpRequest.from_asgi(request.scope))
+        body = await _read_body(request, limit)
+        principal = await run_in_threadpool(claim.verify, body)  # hashing 16 MB would stall the loop
+        content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if content_type not in JSON_CONTENT_TYPES or operation not in self.rekognition.operations:
+            raise errors.UnknownOperationException(
+                f"Unknown operation {request.headers.get('x-amz-target')!r} for content type {content_type!r}")
+        principal.authorize(operation)
+        if operation in IMAGE_OPERATIONS:
+            return await self.pool.run(lambda worker: worker.call(operation, _parse_json(body)))
+        return await run_in_threadpool(lambda: self.rekognition.call(operation, _parse_json(body)))
+
+    def close(self) -> None:
+        """After in-flight requests: finish the pool's jobs, then checkpoint and unlock the store."""
+        try:
+            self.pool.close()
+        finally:
+            self.store.close()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The ASGI app; the store opens and the models load in its lifespan, before the first request."""
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        daemon = await run_in_threadpool(Daemon, settings, metrics)
+        app.state.daemon = daemon
+        try:
+            yield
+        finally:
+            app.state.daemon = None
+            await run_in_threadpool(daemon.close)
+
+    app = FastAPI(title="edge-face", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.daemon = None
+    app.add_middleware(RequestIdMiddleware)
+
+    @app.exception_handler(HTTPException)
+    async def not_an_operation(request: Request, exc: HTTPException) -> Response:
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return _error(exc.status_code, "UnknownOperationException", message)
+
+    @app.post("/")
+    async def rekognition(request: Request) -> Response:
+        daemon: Daemon | None = request.app.state.daemon
+        if daemon is None:  # only between shutdown's start and the last connection closing
+            return _error(503, "ServiceUnavailableException", "The daemon is shutting down")
+        started = time.perf_counter()
+        target = request.headers.get("x-amz-target", "")
+        operation = target.removeprefix(TARGET_PREFIX) if target.startswith(TARGET_PREFIX) else ""
+        label = operation if operation in daemon.rekognition.operations else "unknown"
+        try:
+            response = _json(200, await daemon.handle(request, operation))
+        except errors.RekognitionError as exc:
+            metrics.errors.labels(label, exc.code).inc()
+            response = _error(exc.status, exc.code, exc.message)
+        except ClientDisconnect:
+            return Response(status_code=400)  # nobody is left to read it
+        except Exception:
+            log.exception("%s failed", label)
+            metrics.errors.labels(label, "InternalServerError").inc()
+            response = _error(500, "InternalServerError", INTERNAL_ERROR)
+        metrics.requests.labels(label).inc()
+        metrics.latency.labels(label).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> Response:
+        daemon: Daemon | None = request.app.state.daemon
+        if daemon is None:
+            return _json(503, {"status": "stopping"})
+        try:
+            await run_in_threadpool(daemon.store.list_collections, limit=1)
+        except Exception as exc:
+            log.exception("readiness check failed")
+            return _json(503, {"status": "store unavailable", "error": type(exc).__name__})
+        return _json(200, {"status": "ready"})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(await run_in_threadpool(metrics.render), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+class RequestIdMiddleware:
+    """`x-amzn-RequestId` on every response, as AWS sends it (botocore reports it as RequestId)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = str(uuid.uuid4()).encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-amzn-RequestId", request_id)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class DropIdleOnShutdown(H11Protocol):
+    """uvicorn's HTTP/1.1, except that shutdown drops idle keep-alive connections at once.
+
+    Closing TLS politely waits (up to 30 s) for the client's close_notify, which an idle SDK connection
+    resting in its pool never sends: every stop would last the whole graceful timeout.
+    """
+
+    def shutdown(self) -> None:
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.abort()
+        else:
+            super().shutdown()
+
+
+def serve(settings: Settings, *, state_dir: str | None = None, host: str | None = None, port: int | None = None) -> int:
+    """Run the daemon in the foreground until SIGTERM or Ctrl-C; in-flight requests finish first."""
+    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    server = ServerSettings.model_validate(settings.server.model_dump() | overrides)
+    update: dict[str, Any] = {"server": server}
+    if state_dir is not None:
+        update["state_dir"] = Path(state_dir)
+    settings = settings.model_copy(update=update)
+    config = uvicorn.Config(
+        create_app(settings), host=server.host, port=server.port, lifespan="on", server_header=False,
+        http=DropIdleOnShutdown,
+        timeout_graceful_shutdown=server.shutdown_timeout_s,
+        ssl_certfile=server.tls_cert, ssl_keyfile=server.tls_key)
+    if server.tls_cert is None and not is_loopback(server.host):
+        log.warning("serving plain HTTP on %s: face images cross the network in clear text; configure "
+                    "server.tls_cert and server.tls_key", server.host)
+    daemon = uvicorn.Server(config)
+    daemon.run()
+    return 0 if daemon.started else 1
+
+
+def usage_hint(settings: Settings) -> str:
+    """How a client uses the credentials file, with this daemon's endpoint filled in."""
+    server = settings.server
+    host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
+    scheme = "https" if server.tls_cert else "http"
+    ca = f" --ca-bundle {server.tls_cert}" if server.tls_cert else ""
+    credentials = settings.state_dir / CREDENTIALS_FILE
+    return (f"profiles 'admin' and 'kiosk' (read-only) are in {credentials}; try\n"
+            f"  AWS_SHARED_CREDENTIALS_FILE={credentials} aws --profile admin --region us-east-1 "
+            f"--endpoint-url {scheme}://{host}:{server.port}{ca} rekognition list-collections")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it grows past `limit` (a chunked body declares no length)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> errors.RekognitionError:
+    return errors.RequestEntityTooLargeException(f"Request body exceeds the {limit}-byte limit")
+
+
+def _parse_json(body: bytes) -> Any:
+    """The request's parameters; an empty body is no parameters."""
+    if not body.strip():
+        return {}
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too
+        raise errors.SerializationException(f"Request body is not valid JSON: {exc}") from None
+
+
+def _json(status: int, payload: Any) -> Response:
+    return Response(json.dumps(payload).encode(), status_code=status, media_type=CONTENT_TYPE)
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    return _json(status, {"__type": code, "message": message})
+

@@ -1,0 +1,75 @@
+"""The bounded inference pool: image operations run here, off the event loop, never queued without limit.
+
+A `FacePipeline` runs one image at a time, so each worker thread owns its own pipeline (and
+Rekognition facade over the shared store); a pool of N threads holds N of them. Requests beyond
+the N running and `queue_size` waiting are refused at once with ThrottlingException, which clients
+retry with backoff, instead of piling up until every caller times out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from edge import errors
+from edge.config import PipelineSettings
+from edge.rekognition.operations import Rekognition
+from edge.vision.image import DecodedImage
+from edge.vision.pipeline import Analysis, FacePipeline
+
+T = TypeVar("T")
+
+
+class ObservedPipeline(FacePipeline):
+    """A pipeline that hands each analysis' stage timings to `observe` (the metrics' per-stage histograms)."""
+
+    def __init__(self, settings: PipelineSettings, observe: Callable[[dict[str, float]], None]) -> None:
+        super().__init__(settings)
+        self._observe = observe
+
+    def analyse(self, data: bytes | DecodedImage, *, embed: bool = True, max_faces: int | None = None) -> Analysis:
+        analysis = super().analyse(data, embed=embed, max_faces=max_faces)
+        self._observe(analysis.timings)
+        return analysis
+
+
+class InferencePool:
+    """N workers, each with its own pipeline, and room for `queue_size` requests waiting for one."""
+
+    def __init__(self, workers: list[Rekognition], queue_size: int) -> None:
+        self._workers = workers
+        self._idle: queue.SimpleQueue[Rekognition] = queue.SimpleQueue()
+        for worker in workers:
+            self._idle.put(worker)
+        self._executor = ThreadPoolExecutor(len(workers), thread_name_prefix="inference")
+        self._capacity = len(workers) + queue_size
+        #: Requests running or waiting; only the event loop's thread changes it.
+        self.admitted = 0
+
+    async def run(self, job: Callable[[Rekognition], T]) -> T:
+        """Run `job` on a free worker's facade, or refuse it now if the pool and its queue are full."""
+        if self.admitted >= self._capacity:
+            raise errors.ThrottlingException("Rate exceeded")
+        self.admitted += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._on_worker, job)
+        finally:
+            self.admitted -= 1
+
+    def _on_worker(self, job: Callable[[Rekognition], T]) -> T:
+        # As many facades as threads: a thread always finds one idle.
+        worker = self._idle.get_nowait()
+        try:
+            return job(worker)
+        finally:
+            self._idle.put(worker)
+
+    def close(self) -> None:
+        """Let running and queued jobs finish (their requests were admitted), then release the models."""
+        self._executor.shutdown(wait=True)
+        for worker in self._workers:
+            worker.pipeline.close()
+
