@@ -26,7 +26,7 @@ from edge.similarity import SimilarityCalibration
 from edge.store import Store
 from edge.store import errors as store_errors
 from edge.store.models import BoundingBox, FaceRecord, NewFace
-from edge.vision.image import DecodedImage, decode_image
+from edge.vision.image import MAX_IMAGE_BYTES, DecodedImage
 from edge.vision.pipeline import Analysis, Face, FacePipeline, bounding_box, face_detail
 from edge.vision.quality import QualityFilter, filter_reasons
 
@@ -146,11 +146,10 @@ class Rekognition:
     def index_faces(self, p: dict[str, Any]) -> dict[str, Any]:
         cid = p["CollectionId"]
         record = self.store.get_collection(cid)
-        data, image = self._image(p["Image"])
+        data, analysis = self._analyse(p["Image"])
         all_attributes = "ALL" in p.get("DetectionAttributes", [])
         level = QualityFilter(p.get("QualityFilter", "AUTO"))
         max_faces = min(p.get("MaxFaces", MAX_INDEXED_FACES), MAX_INDEXED_FACES)
-        analysis = self.pipeline.analyse(image)
         image_id = str(uuid.uuid5(_IMAGE_NAMESPACE, hashlib.sha256(data).hexdigest()))
         external = p.get("ExternalImageId")
         unindexed: list[dict[str, Any]] = []
@@ -218,8 +217,7 @@ class Rekognition:
     def search_faces_by_image(self, p: dict[str, Any]) -> dict[str, Any]:
         cid = p["CollectionId"]
         record = self.store.get_collection(cid)
-        _, image = self._image(p["Image"])
-        analysis = self.pipeline.analyse(image, max_faces=1)
+        _, analysis = self._analyse(p["Image"], max_faces=1)
         face = self._largest(analysis, QualityFilter(p.get("QualityFilter", "NONE")))
         assert face.embedding is not None
         return {
@@ -233,19 +231,16 @@ class Rekognition:
     # images without a collection
 
     def detect_faces(self, p: dict[str, Any]) -> dict[str, Any]:
-        _, image = self._image(p["Image"])
-        analysis = self.pipeline.analyse(image, embed=False)
+        _, analysis = self._analyse(p["Image"], embed=False)
         all_attributes = "ALL" in p.get("Attributes", [])
         return {"FaceDetails": [self._detail(analysis, f, all_attributes)
                                 for f in analysis.faces[:MAX_DETECTED_FACES]]}
 
     def compare_faces(self, p: dict[str, Any]) -> dict[str, Any]:
         level = QualityFilter(p.get("QualityFilter", "NONE"))
-        _, source_image = self._image(p["SourceImage"])
-        source = self.pipeline.analyse(source_image, max_faces=1)
+        _, source = self._analyse(p["SourceImage"], max_faces=1)
         source_face = self._largest(source, level)
-        _, target_image = self._image(p["TargetImage"])
-        target = self.pipeline.analyse(target_image, max_faces=MAX_DETECTED_FACES)
+        _, target = self._analyse(p["TargetImage"], max_faces=MAX_DETECTED_FACES)
         min_cosine = self.similarity.min_cosine(p.get("SimilarityThreshold", 80.0))
         matches, unmatched = [], []
         for face in target.faces[:MAX_DETECTED_FACES]:
@@ -349,8 +344,7 @@ class Rekognition:
     def search_users_by_image(self, p: dict[str, Any]) -> dict[str, Any]:
         cid = p["CollectionId"]
         record = self.store.get_collection(cid)
-        _, image = self._image(p["Image"])
-        analysis = self.pipeline.analyse(image, max_faces=1)
+        _, analysis = self._analyse(p["Image"], max_faces=1)
         out: dict[str, Any] = {"UserMatches": [], "FaceModelVersion": record.face_model_version,
                                "UnsearchedFaces": []}
         if not analysis.faces:
@@ -372,11 +366,16 @@ class Rekognition:
 
     # helpers
 
-    def _image(self, image: dict[str, Any]) -> tuple[bytes, DecodedImage]:
-        """The request's image bytes and their decoding, from Bytes or a mapped S3 bucket."""
+    def _analyse(self, image: dict[str, Any], *, embed: bool = True, max_faces: int | None = None,
+                 ) -> tuple[bytes, Analysis]:
+        """The request's image bytes (from Bytes or a mapped S3 bucket) and the faces in them."""
+        data, limit = self._image(image)
+        return data, self.pipeline.analyse(data, embed=embed, max_faces=max_faces, max_bytes=limit)
+
+    def _image(self, image: dict[str, Any]) -> tuple[bytes, int]:
+        """The image's bytes and the size limit that applies to them."""
         if "Bytes" in image:
-            data = image["Bytes"]
-            return data, decode_image(data)
+            return image["Bytes"], MAX_IMAGE_BYTES
         s3 = image["S3Object"]
         missing = errors.InvalidS3ObjectException(
             "Unable to get object metadata from S3. Check object key, region and/or access permissions.")
@@ -387,8 +386,7 @@ class Rekognition:
         path = (root / s3["Name"]).resolve()
         if not path.is_relative_to(root) or not path.is_file():
             raise missing
-        data = path.read_bytes()
-        return data, decode_image(data, max_bytes=S3_MAX_BYTES)
+        return path.read_bytes(), S3_MAX_BYTES
 
     def _largest(self, analysis: Analysis, level: QualityFilter) -> Face:
         """The largest face, as searches use it; none, or one the filter refuses, is the caller's error."""

@@ -32,9 +32,10 @@ from edge.rekognition.operations import Rekognition, token_secret
 from edge.server.auth import Authenticator, HttpRequest, is_loopback
 from edge.server.credentials import CREDENTIALS_FILE, load_or_create_keys
 from edge.server.metrics import Metrics
-from edge.server.pool import InferencePool, ObservedPipeline
+from edge.server.pool import InferencePool
 from edge.server.settings import ServerSettings
 from edge.store import Store
+from edge.vision.pipeline import FacePipeline
 from edge.vision.runtime import default_threads
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class Daemon:
             pipeline = settings.pipeline.model_copy(
                 update={"threads": settings.pipeline.threads or max(1, default_threads() // size)})
             secret = token_secret(settings.state_dir)
-            workers = [Rekognition(self.store, ObservedPipeline(pipeline, metrics.observe_stages), settings.service,
+            workers = [Rekognition(self.store, FacePipeline(pipeline, observe=metrics.observe_stages), settings.service,
                                    secret=secret) for _ in range(size)]
             self.pool = InferencePool(workers, settings.server.queue_size)
         except BaseException:

@@ -15,25 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from edge import errors
-from edge.config import PipelineSettings
 from edge.rekognition.operations import Rekognition
-from edge.vision.image import DecodedImage
-from edge.vision.pipeline import Analysis, FacePipeline
 
 T = TypeVar("T")
-
-
-class ObservedPipeline(FacePipeline):
-    """A pipeline that hands each analysis' stage timings to `observe` (the metrics' per-stage histograms)."""
-
-    def __init__(self, settings: PipelineSettings, observe: Callable[[dict[str, float]], None]) -> None:
-        super().__init__(settings)
-        self._observe = observe
-
-    def analyse(self, data: bytes | DecodedImage, *, embed: bool = True, max_faces: int | None = None) -> Analysis:
-        analysis = super().analyse(data, embed=embed, max_faces=max_faces)
-        self._observe(analysis.timings)
-        return analysis
 
 
 class InferencePool:

@@ -7,7 +7,7 @@ or HTTP. Rekognition's FaceDetail shape is produced by `face_detail`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +17,7 @@ import numpy as np
 from edge.config import PipelineSettings
 from edge.vision.detector import Detection, FaceDetector
 from edge.vision.embedder import Embedder, FaceGeometry
-from edge.vision.image import DecodedImage, decode_image
+from edge.vision.image import MAX_IMAGE_BYTES, DecodedImage, decode_image
 from edge.vision.landmarks import FaceMesh
 from edge.vision.models import ModelCatalog, ModelError
 from edge.vision.quality import Pose, Quality, measure_quality, pose_from_mesh
@@ -61,8 +61,11 @@ class Analysis:
 class FacePipeline:
     """Loads every model once; `analyse` is safe to call from one thread at a time per pipeline."""
 
-    def __init__(self, settings: PipelineSettings) -> None:
+    def __init__(self, settings: PipelineSettings, *,
+                 observe: Callable[[dict[str, float]], None] | None = None) -> None:
+        """`observe` receives every analysis' stage timings in seconds (the daemon's metrics)."""
         self.settings = settings
+        self._observe = observe
         catalog = ModelCatalog(settings.model_dir)
         threads = settings.threads or default_threads()
         backend = select_backend(settings.backends)
@@ -88,8 +91,12 @@ class FacePipeline:
     def face_model_version(self) -> str:
         return self.embedder.version
 
-    def analyse(self, data: bytes | DecodedImage, *, embed: bool = True, max_faces: int | None = None) -> Analysis:
-        """Every face in the image, largest first; `embed` only the first `max_faces` of them."""
+    def analyse(self, data: bytes | DecodedImage, *, embed: bool = True, max_faces: int | None = None,
+                max_bytes: int = MAX_IMAGE_BYTES) -> Analysis:
+        """Every face in the image, largest first; `embed` only the first `max_faces` of them.
+
+        `max_bytes` is the decode limit: 5 MB for request bytes, 15 MB for an S3 object.
+        """
         timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)
 
         @contextmanager
@@ -102,7 +109,7 @@ class FacePipeline:
             image = data
         else:
             with stage("decode"):
-                image = decode_image(data)
+                image = decode_image(data, max_bytes=max_bytes)
         with stage("detect"):
             detections = self.detector.detect(image.rgb)
         faces: list[Face] = []
@@ -118,6 +125,8 @@ class FacePipeline:
                 with stage("embed"):
                     face.embedding = self.embedder.embed(chip)
             faces.append(face)
+        if self._observe is not None:
+            self._observe(timings)
         return Analysis(image, faces, timings)
 
     def close(self) -> None:
