@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +83,10 @@ def serve(state_dir: Path, queries_file: Path, params: HnswParams) -> dict[str, 
     }
 
 
-def measure(size: int, dim: int, queries: int, workdir: Path, params: HnswParams) -> dict[str, Any]:
+def measure(
+    size: int, dim: int, queries: int, workdir: Path, params: HnswParams, efs: list[int]
+) -> list[dict[str, Any]]:
+    """Build one store, then serve it once per search breadth `ef`; one result row per ef."""
     state_dir = workdir / f"store-{size}-{dim}"
     shutil.rmtree(state_dir, ignore_errors=True)
     syn = SyntheticFaces(dim, -(-size // FACES_PER_IDENTITY), seed=size + dim)
@@ -104,8 +106,8 @@ def measure(size: int, dim: int, queries: int, workdir: Path, params: HnswParams
     store.close()
     close_s = time.perf_counter() - begin
 
-    rng = np.random.default_rng(size * dim)
-    probe = syn.sample(rng.integers(0, len(syn.centres), queries), stream=QUERY_STREAM)
+    identities = np.random.default_rng(size * dim).integers(0, len(syn.centres), queries)
+    probe = syn.sample(identities, stream=QUERY_STREAM)
     truth = np.concatenate([np.argmax(chunk @ data.T, axis=1) for chunk in np.array_split(probe, 20)])
     exact = ExactIndex(dim)
     exact.add(np.arange(size, dtype=np.int64), data)
@@ -114,43 +116,53 @@ def measure(size: int, dim: int, queries: int, workdir: Path, params: HnswParams
         begin = time.perf_counter()
         exact.search(query, K)
         exact_latencies.append(time.perf_counter() - begin)
-    del exact
+    del exact, data
 
     queries_file = workdir / "queries.npy"
     np.save(queries_file, probe)
-    hnsw_flags = ["--m", str(params.m), "--ef-construction", str(params.ef_construction), "--ef", str(params.ef)]
-    child = subprocess.run(
-        [sys.executable, __file__, "--serve", str(state_dir), "--queries-file", str(queries_file), *hnsw_flags],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    served = json.loads(child.stdout)
-    recall = float(np.mean([got == face_ids[want] for got, want in zip(served.pop("top1"), truth, strict=True)]))
-    return {
-        "faces": size,
-        "dim": dim,
-        "build_s": round(build_s, 1),
-        "faces_per_s": round(size / build_s),
-        "close_s": round(close_s, 2),
-        **served,
-        "exact_p50_ms": _percentile_ms(exact_latencies, 50),
-        "recall_at_1": round(recall, 4),
-        "disk_bytes": _disk_bytes(state_dir),
-        "queries": queries,
-    }
+    row_of = {face_id: row for row, face_id in enumerate(face_ids)}
+    results = []
+    for ef in efs:
+        flags = ["--m", str(params.m), "--ef-construction", str(params.ef_construction), "--efs", str(ef)]
+        child = subprocess.run(
+            [sys.executable, __file__, "--serve", str(state_dir), "--queries-file", str(queries_file), *flags],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        served = json.loads(child.stdout)
+        top_rows = np.array([row_of[face_id] for face_id in served.pop("top1")])
+        results.append(
+            {
+                "faces": size,
+                "dim": dim,
+                "ef": ef,
+                "build_s": round(build_s, 1),
+                "faces_per_s": round(size / build_s),
+                "close_s": round(close_s, 2),
+                **served,
+                "exact_p50_ms": _percentile_ms(exact_latencies, 50),
+                "recall_at_1": round(float(np.mean(top_rows == truth)), 4),
+                "identity_at_1": round(float(np.mean(top_rows // FACES_PER_IDENTITY == identities)), 4),
+                "disk_bytes": _disk_bytes(state_dir),
+                "queries": queries,
+            }
+        )
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    return results
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| faces | dim | build s | faces/s | open s | p50 ms | p99 ms | exact p50 ms | recall@1 "
-        "| RSS open MB | RSS peak MB | db MB | index MB |"
+        "| faces | dim | ef | build s | faces/s | open s | p50 ms | p99 ms | exact p50 ms | recall@1 "
+        "| same person@1 | RSS open MB | RSS peak MB | db MB | index MB |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
-            f"| {r['faces']:,} | {r['dim']} | {r['build_s']} | {r['faces_per_s']:,} | {r['open_s']} "
+            f"| {r['faces']:,} | {r['dim']} | {r['ef']} | {r['build_s']} | {r['faces_per_s']:,} | {r['open_s']} "
             f"| {r['search_p50_ms']} | {r['search_p99_ms']} | {r['exact_p50_ms']} | {r['recall_at_1']} "
+            f"| {r['identity_at_1']} "
             f"| {r['rss_after_open_mb']:,.0f} | {r['rss_peak_mb']:,.0f} | {r['disk_bytes']['db'] / 2**20:,.0f} "
             f"| {r['disk_bytes']['index'] / 2**20:,.0f} |"
         )
@@ -165,13 +177,14 @@ def main() -> None:
     defaults = HnswParams()
     parser.add_argument("--m", type=int, default=defaults.m)
     parser.add_argument("--ef-construction", type=int, default=defaults.ef_construction)
-    parser.add_argument("--ef", type=int, default=defaults.ef)
+    parser.add_argument("--efs", default=f"96,{defaults.ef},384", help="comma-separated search breadths")
     parser.add_argument("--workdir", type=Path, help="where stores are built (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=RESULTS / "store_scale.json")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--queries-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    params = HnswParams(m=args.m, ef_construction=args.ef_construction, ef=args.ef)
+    efs = [int(ef) for ef in args.efs.split(",")]
+    params = HnswParams(m=args.m, ef_construction=args.ef_construction, ef=efs[0])
     if args.serve:
         print(json.dumps(serve(args.serve, args.queries_file, params)))
         return
@@ -181,22 +194,21 @@ def main() -> None:
     try:
         for size in map(int, args.sizes.split(",")):
             for dim in map(int, args.dims.split(",")):
-                rows.append(measure(size, dim, args.queries, workdir, params))
-                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+                rows += measure(size, dim, args.queries, workdir, params, efs)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
 
     previous = json.loads(args.out.read_text())["runs"] if args.out.is_file() else []
-    fresh = {(r["faces"], r["dim"]) for r in rows}
-    runs = [r for r in previous if (r["faces"], r["dim"]) not in fresh] + rows
+    fresh = {(r["faces"], r["dim"], r["ef"]) for r in rows}
+    runs = [r for r in previous if (r["faces"], r["dim"], r["ef"]) not in fresh] + rows
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
             {
                 "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "hnswlib": HNSWLIB_VERSION},
-                "hnsw": asdict(params),
-                "runs": sorted(runs, key=lambda r: (r["faces"], r["dim"])),
+                "hnsw": {"m": params.m, "ef_construction": params.ef_construction},
+                "runs": sorted(runs, key=lambda r: (r["faces"], r["dim"], r["ef"])),
             },
             indent=2,
         )

@@ -120,6 +120,7 @@ class Rekognition:
 
     def delete_collection(self, p: dict[str, Any]) -> dict[str, Any]:
         self.store.delete_collection(p["CollectionId"])
+        self.store.checkpoint()  # the erased vectors leave the write-ahead log now, not at the next save
         return {"StatusCode": 200}
 
     def describe_collection(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -197,6 +198,8 @@ class Rekognition:
     def delete_faces(self, p: dict[str, Any]) -> dict[str, Any]:
         cid = p["CollectionId"]
         result = self.store.delete_faces(cid, p["FaceIds"])
+        if result.deleted:
+            self.store.checkpoint()  # no file keeps a deleted vector once DeleteFaces has answered
         associated = {f.face_id: f.user_id for f in self.store.list_faces(
             cid, face_ids=result.user_associated, limit=len(result.user_associated) or 1)[0]}
         unsuccessful = [{"FaceId": fid, "Reasons": ["FACE_NOT_FOUND"]} for fid in result.not_found]

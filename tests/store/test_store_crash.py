@@ -17,10 +17,11 @@ from edge.store import FaceNotFound
 
 WORKER = Path(__file__).with_name("crash_worker.py")
 ROUNDS = 8
+STARTUP_TIMEOUT_S = 60
 
 
 def _run_and_kill(state_dir: Path, seed: int, delay_s: float) -> list[str]:
-    """Start the worker, SIGKILL it after delay_s, and return the lines it completed.
+    """Start the worker, SIGKILL it delay_s after it opened the store, return the lines it completed.
 
     Its output goes to a file, not a pipe: a full pipe would park the worker in print() and let
     the kill land only at quiet moments.
@@ -28,10 +29,15 @@ def _run_and_kill(state_dir: Path, seed: int, delay_s: float) -> list[str]:
     log = state_dir.parent / f"worker-{seed}.log"
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, str(WORKER), str(state_dir), str(seed)], stdout=out)
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not log.read_text().startswith("READY") and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
         time.sleep(delay_s)
         proc.kill()
         proc.wait()
-    return log.read_text().split("\n")[:-1]  # the last piece is empty or a line cut short by the kill
+    lines = log.read_text().split("\n")[:-1]  # the last piece is empty or a line cut short by the kill
+    assert lines[:1] == ["READY"], f"worker did not start: {lines[:3]}"
+    return lines[1:]
 
 
 def test_acknowledged_writes_survive_sigkill(open_store: OpenStore, state_dir: Path) -> None:
@@ -43,7 +49,7 @@ def test_acknowledged_writes_survive_sigkill(open_store: OpenStore, state_dir: P
     deleted: set[str] = set()
     outcomes = []
     for round_ in range(1, ROUNDS + 1):
-        for line in _run_and_kill(state_dir, round_, seeder.uniform(0.4, 1.6)):
+        for line in _run_and_kill(state_dir, round_, seeder.uniform(0.05, 1.0)):
             kind, *rest = line.split(" ")
             if kind == "A":
                 alive[rest[0]] = np.frombuffer(base64.b64decode(rest[1]), dtype=np.float32)
