@@ -250,3 +250,14 @@ def test_similarity_is_monotone_in_cosine(ops: Rekognition) -> None:
     cosines = np.linspace(-1, 1, 201)
     sims = ops.similarity.similarity(cosines)
     assert np.all(np.diff(sims) >= 0) and sims[0] >= 0 and sims[-1] <= 100
+
+
+def test_delete_faces_leaves_no_vector_on_disk(ops: Rekognition, enrolled: dict[str, str], tmp_path: Path) -> None:
+    face_id = enrolled["Jackie_Chan"]
+    needle = ops.store.get_face_vector("door", face_id).astype("<f4").tobytes()
+    files = [p for p in (tmp_path / "state").rglob("*") if p.is_file()]
+    assert any(needle in p.read_bytes() for p in files)
+    ops.call("DeleteFaces", {"CollectionId": "door", "FaceIds": [face_id]})
+    assert face_id not in [f["FaceId"] for f in ops.call("ListFaces", {"CollectionId": "door"})["Faces"]]
+    leaked = [p.name for p in (tmp_path / "state").rglob("*") if p.is_file() and needle in p.read_bytes()]
+    assert leaked == []
