@@ -261,3 +261,28 @@ def test_delete_faces_leaves_no_vector_on_disk(ops: Rekognition, enrolled: dict[
     assert face_id not in [f["FaceId"] for f in ops.call("ListFaces", {"CollectionId": "door"})["Faces"]]
     leaked = [p.name for p in (tmp_path / "state").rglob("*") if p.is_file() and needle in p.read_bytes()]
     assert leaked == []
+
+
+def test_searches_and_indexing_in_parallel(ops: Rekognition, enrolled: dict[str, str],
+                                           photos: dict[str, list[bytes]], faces_dev: Path) -> None:
+    """Several threads search while another enrols: no errors, and every search stays right."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    newcomers = sorted(p for p in faces_dev.glob("*/*_0001.jpg") if p.parent.name not in PEOPLE)[:12]
+
+    def search(name: str) -> str:
+        image = photos[name][1 + len(name) % (len(photos[name]) - 1)]
+        matches = ops.call("SearchFacesByImage", {"CollectionId": "door", "Image": b64(image),
+                                                  "FaceMatchThreshold": 0, "MaxFaces": 1})["FaceMatches"]
+        return matches[0]["Face"]["ExternalImageId"]
+
+    def enrol(path: Path) -> int:
+        return len(ops.call("IndexFaces", {"CollectionId": "door", "Image": b64(path.read_bytes()),
+                                           "ExternalImageId": path.parent.name})["FaceRecords"])
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        indexed = pool.map(enrol, newcomers)
+        searched = [pool.submit(search, name) for name in PEOPLE * 3]
+        assert [f.result() for f in searched] == PEOPLE * 3
+        assert sum(indexed) == len(newcomers)
+    assert ops.call("DescribeCollection", {"CollectionId": "door"})["FaceCount"] == len(PEOPLE) + len(newcomers)
