@@ -47,9 +47,9 @@ def run(data: Path, threads: int, photos: int, peer: bool) -> dict[str, Any]:
     paths = paths[:: max(1, len(paths) // photos)][:photos]
     fr = None
     if peer:
-        from edge.evaluation.peer import _import_face_recognition
+        from edge.evaluation.peer import import_face_recognition
 
-        fr = _import_face_recognition()
+        fr = import_face_recognition()
     ours = {name: {s: [] for s in (*STAGES, "total")} for name in configs}
     theirs: dict[str, list[float]] = {s: [] for s in ("decode", "detect", "encode", "total")}
     for path in paths * 2:  # the first pass warms caches and is discarded below

@@ -8,7 +8,6 @@ before dlib loads, so ms/photo compares like for like with our engine on one edg
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -16,7 +15,6 @@ import time
 import types
 import warnings
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,17 +29,12 @@ FARS = (1e-3, 1e-4)
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
-def _import_face_recognition() -> types.ModuleType:
-    """Import lazily (thread settings must come first) and without setuptools.
+def import_face_recognition() -> types.ModuleType:
+    """Import lazily: thread settings must come first.
 
-    face_recognition_models 0.3.0 still does `from pkg_resources import resource_filename`, which
-    setuptools >= 81 (or no setuptools) lacks, and face_recognition then calls quit().  A minimal
-    stand-in resolves the model files with importlib.resources instead.
+    face_recognition_models 0.3.0 still imports pkg_resources (the `peer` extra pins
+    setuptools < 81 for it) and warns about it on import.
     """
-    if importlib.util.find_spec("pkg_resources") is None:
-        shim = types.ModuleType("pkg_resources")
-        shim.resource_filename = lambda package, name: str(resources.files(package) / name)  # type: ignore[attr-defined]
-        sys.modules["pkg_resources"] = shim
     with warnings.catch_warnings():  # the models package's own pkg_resources deprecation notice
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
         import face_recognition
@@ -77,7 +70,7 @@ def embed_with_face_recognition(
     Library defaults throughout (upsample 1, num_jitters 1, 5-point landmarks for "small").
     Timings are per-photo medians in ms, split into decode, detect and encode.
     """
-    fr = _import_face_recognition()
+    fr = import_face_recognition()
     emb = np.full((len(paths), 128), np.nan, dtype=np.float32)
     decode: list[float] = []
     detect: list[float] = []
