@@ -17,9 +17,6 @@ import cv2
 import numpy as np
 
 SHARPNESS_SCALE = 120.0
-# FaceMesh's forehead (10) and chin (152) points lean back even on a level head: the mean
-# pitch of frontal faces, subtracted so a level head reads 0.
-PITCH_BIAS_DEG = 0.0
 
 _EYE_OUTER_RIGHT, _EYE_OUTER_LEFT, _FOREHEAD, _CHIN = 33, 263, 10, 152
 
@@ -46,7 +43,7 @@ def pose_from_mesh(mesh: np.ndarray) -> Pose:
     y /= np.linalg.norm(y)
     roll = math.degrees(math.atan2(x[1], x[0]))
     yaw = math.degrees(math.asin(float(np.clip(x[2], -1, 1))))
-    pitch = math.degrees(math.asin(float(np.clip(-y[2], -1, 1)))) - PITCH_BIAS_DEG
+    pitch = math.degrees(math.asin(float(np.clip(-y[2], -1, 1))))
     return Pose(roll=round(roll, 4), yaw=round(yaw, 4), pitch=round(pitch, 4))
 
 
