@@ -20,7 +20,7 @@ from edge.config import Settings
 from edge.errors import InvalidParameterException
 from edge.evaluation.dataset import FaceSet
 from edge.rekognition.operations import Rekognition, token_secret
-from edge.store import Store
+from edge.store import open_store
 from edge.vision.pipeline import FacePipeline
 
 ENROLLED_FRACTION = 0.8
@@ -44,7 +44,7 @@ def split(faceset: FaceSet) -> tuple[dict[str, int], list[int], list[int]]:
 def evaluate_identification(settings: Settings, faceset: FaceSet) -> dict[str, Any]:
     gallery, probes, strangers = split(faceset)
     with tempfile.TemporaryDirectory() as state:
-        store = Store(Path(state), checkpoint_interval_s=None)
+        store = open_store(Path(state), settings.store, autosave=False)
         pipeline = FacePipeline(settings.pipeline)
         try:
             ops = Rekognition(store, pipeline, settings.service, secret=token_secret(Path(state)))

@@ -34,7 +34,7 @@ from edge.server.credentials import CREDENTIALS_FILE, load_or_create_keys
 from edge.server.metrics import Metrics
 from edge.server.pool import InferencePool
 from edge.server.settings import ServerSettings
-from edge.store import Store
+from edge.store import open_store
 from edge.vision.pipeline import FacePipeline
 from edge.vision.runtime import default_threads
 
@@ -54,7 +54,8 @@ class Daemon:
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
-        self.store = Store(settings.state_dir)  # takes the state directory's lock: one daemon per directory
+        # Takes the state directory's lock: one daemon per directory.
+        self.store = open_store(settings.state_dir, settings.store)
         try:
             keys, created = load_or_create_keys(settings.state_dir)
             if created:

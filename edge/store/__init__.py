@@ -23,7 +23,7 @@ from edge.store.models import (
     SearchHit,
     UserRecord,
 )
-from edge.store.store import Store
+from edge.store.store import Store, open_store
 
 __all__ = [
     "BoundingBox",
@@ -46,4 +46,5 @@ __all__ = [
     "UserExists",
     "UserNotFound",
     "UserRecord",
+    "open_store",
 ]

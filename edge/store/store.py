@@ -23,6 +23,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from edge.config import StoreSettings
 from edge.store.db import Database, Tx, page
 from edge.store.errors import (
     CollectionExists,
@@ -75,6 +76,13 @@ class _Replay(NamedTuple):
     changes: int
     removed: int
     seq: int
+
+
+def open_store(state_dir: Path, settings: StoreSettings, *, autosave: bool = True) -> Store:
+    """A store configured from the `store` settings section."""
+    return Store(state_dir, exact_max=settings.exact_max,
+                 hnsw=HnswParams(m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction, ef=settings.hnsw_ef),
+                 checkpoint_interval_s=settings.checkpoint_interval_s if autosave else None)
 
 
 class Store:
