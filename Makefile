@@ -19,7 +19,7 @@ RECIPE := $(shell cat $(sort $(wildcard models/*.py models/calibration/*.json)) 
 	2>/dev/null | sha256sum | cut -c1-16)
 MODEL_STAMP := $(MODEL_DIR)/.recipe-$(RECIPE)
 
-.PHONY: run test test-slow bench eval lint models setup clean
+.PHONY: run test test-slow bench bench-1m eval lint models setup clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -56,8 +56,14 @@ test: setup models
 test-slow: setup models $(VENV)/.peer
 	$(VENV)/bin/pytest -m slow -q
 
+# Results land in bench/results/*.json; 1M-face stores: `make bench-1m`.
 bench: setup models $(VENV)/.peer
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m bench.pipeline --data $(FACES) --threads 1
+	$(VENV)/bin/python -m bench.http
+	$(VENV)/bin/python -m bench.store_scale --sizes 100000 --dims 128,512
+
+bench-1m: setup
+	$(VENV)/bin/python -m bench.store_scale --sizes 1000000 --dims 128 --efs 192,384,768
 
 eval: setup models $(VENV)/.peer
 	$(VENV)/bin/edge-face eval --data $(FACES) --peer
