@@ -27,7 +27,7 @@ from edge.store import Store
 from edge.store import errors as store_errors
 from edge.store.models import BoundingBox, FaceRecord, NewFace
 from edge.vision.image import MAX_IMAGE_BYTES, DecodedImage
-from edge.vision.pipeline import Analysis, Face, FacePipeline, bounding_box, face_detail
+from edge.vision.pipeline import Analysis, Face, FacePipeline, FaceSelector, bounding_box, face_detail
 from edge.vision.quality import QualityFilter, filter_reasons
 
 #: Operations a read-only (kiosk) key may call.
@@ -147,25 +147,24 @@ class Rekognition:
     def index_faces(self, p: dict[str, Any]) -> dict[str, Any]:
         cid = p["CollectionId"]
         record = self.store.get_collection(cid)
-        data, analysis = self._analyse(p["Image"])
         all_attributes = "ALL" in p.get("DetectionAttributes", [])
         level = QualityFilter(p.get("QualityFilter", "AUTO"))
-        max_faces = min(p.get("MaxFaces", MAX_INDEXED_FACES), MAX_INDEXED_FACES)
+        # Faces the quality filter refuses are left out first, then the smallest beyond MaxFaces
+        # (faces come largest first): only the faces that will be indexed are embedded.
+        data, analysis = self._analyse(
+            p["Image"], embed=lambda image, face: not self._reasons(level, image, face),
+            max_faces=min(p.get("MaxFaces", MAX_INDEXED_FACES), MAX_INDEXED_FACES))
         image_id = str(uuid.uuid5(_IMAGE_NAMESPACE, hashlib.sha256(data).hexdigest()))
         external = p.get("ExternalImageId")
         unindexed: list[dict[str, Any]] = []
-        passing: list[Face] = []
+        kept: list[Face] = []
         for face in analysis.faces:
-            reasons = self._reasons(level, analysis.image, face)
+            reasons = self._reasons(level, analysis.image, face) or (
+                [] if face.embedding is not None else ["EXCEEDS_MAX_FACES"])
             if reasons:
                 unindexed.append({"Reasons": reasons, "FaceDetail": self._detail(analysis, face, all_attributes)})
             else:
-                passing.append(face)
-        # The quality filter has already left out the low-quality faces; beyond MaxFaces the
-        # smallest of the rest go (analysis.faces is largest first).
-        kept, dropped = passing[:max_faces], passing[max_faces:]
-        unindexed += [{"Reasons": ["EXCEEDS_MAX_FACES"], "FaceDetail": self._detail(analysis, f, all_attributes)}
-                      for f in dropped]
+                kept.append(face)
         previous = [f for f in self.store.find_faces_by_image(cid, image_id=image_id)
                     if f.external_image_id == external]
         if previous:
@@ -174,7 +173,7 @@ class Rekognition:
             stored = self.store.add_faces(cid, [
                 NewFace(vector=f.embedding, image_id=image_id, external_image_id=external,
                         bounding_box=_box(bounding_box(analysis.image, f.detection.box)), confidence=f.confidence)
-                for f in kept if f.embedding is not None], model_version=record.face_model_version)
+                for f in kept], model_version=record.face_model_version)
         return {
             "FaceRecords": [{"Face": _face(rec), "FaceDetail": self._detail(analysis, f, all_attributes)}
                             for rec, f in zip(stored, kept, strict=True)],
@@ -369,8 +368,8 @@ class Rekognition:
 
     # helpers
 
-    def _analyse(self, image: dict[str, Any], *, embed: bool = True, max_faces: int | None = None,
-                 ) -> tuple[bytes, Analysis]:
+    def _analyse(self, image: dict[str, Any], *, embed: bool | FaceSelector = True,
+                 max_faces: int | None = None) -> tuple[bytes, Analysis]:
         """The request's image bytes (from Bytes or a mapped S3 bucket) and the faces in them."""
         data, limit = self._image(image)
         return data, self.pipeline.analyse(data, embed=embed, max_faces=max_faces, max_bytes=limit)

@@ -60,7 +60,7 @@ class FaceDetector:
     (192 px) finds the smaller faces of group photos.
     """
 
-    def __init__(self, model_path: Path, *, min_confidence: float = 0.5, threads: int = 1) -> None:
+    def __init__(self, model_path: Path, *, min_confidence: float = 0.5) -> None:
         fd = _face_detector_module()
         from mediapipe.tasks.python.core.base_options import BaseOptions
         from mediapipe.tasks.python.vision.core.image import Image, ImageFormat
@@ -74,7 +74,6 @@ class FaceDetector:
         )
         self._detector: Any = fd.FaceDetector.create_from_options(options)
         self._lock = threading.Lock()
-        self.threads = threads
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         """All faces above the confidence floor, largest first."""

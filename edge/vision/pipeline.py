@@ -51,6 +51,10 @@ class Face:
         return float(self.detection.box[2] * self.detection.box[3])
 
 
+#: Which faces to embed, given the image and a face with everything but its embedding.
+FaceSelector = Callable[[DecodedImage, Face], bool]
+
+
 @dataclass
 class Analysis:
     image: DecodedImage
@@ -72,7 +76,7 @@ class FacePipeline:
         cpu = select_backend(["cpu"])
         detector = catalog.find("detector", f"blazeface_{settings.detector}")
         self.detector = FaceDetector(catalog.verified_path(detector),
-                                     min_confidence=settings.min_detection_confidence, threads=threads)
+                                     min_confidence=settings.min_detection_confidence)
         mesh = catalog.find("landmarks", "face_mesh")
         self.mesh = FaceMesh(catalog.verified_path(mesh), backend=cpu, threads=threads)
         precision = backend.precision if settings.precision == "auto" else settings.precision
@@ -91,9 +95,9 @@ class FacePipeline:
     def face_model_version(self) -> str:
         return self.embedder.version
 
-    def analyse(self, data: bytes | DecodedImage, *, embed: bool = True, max_faces: int | None = None,
-                max_bytes: int = MAX_IMAGE_BYTES) -> Analysis:
-        """Every face in the image, largest first; `embed` only the first `max_faces` of them.
+    def analyse(self, data: bytes | DecodedImage, *, embed: bool | FaceSelector = True,
+                max_faces: int | None = None, max_bytes: int = MAX_IMAGE_BYTES) -> Analysis:
+        """Every face in the image, largest first, the first `max_faces` that `embed` selects embedded.
 
         `max_bytes` is the decode limit: 5 MB for request bytes, 15 MB for an S3 object.
         """
@@ -113,6 +117,7 @@ class FacePipeline:
         with stage("detect"):
             detections = self.detector.detect(image.rgb)
         faces: list[Face] = []
+        embedded = 0
         for det in detections:
             with stage("landmarks"):
                 mesh, mesh_score = self.mesh.landmarks(image.rgb, det)
@@ -121,9 +126,11 @@ class FacePipeline:
             with stage("align"):
                 chip = self.embedder.crop(image.rgb, FaceGeometry(det.box, mesh))
                 face = Face(det, mesh, mesh_score, pose_from_mesh(mesh), measure_quality(chip), chip)
-            if embed and (max_faces is None or len(faces) < max_faces):
+            wanted = embed(image, face) if callable(embed) else embed
+            if wanted and (max_faces is None or embedded < max_faces):
                 with stage("embed"):
                     face.embedding = self.embedder.embed(chip)
+                embedded += 1
             faces.append(face)
         if self._observe is not None:
             self._observe(timings)
