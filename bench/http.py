@@ -43,7 +43,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from edge.config import Settings
 from edge.evaluation.dataset import data_root
 from edge.evaluation.peer import cpu_model
-from edge.rekognition.operations import Rekognition, token_secret
+from edge.rekognition.operations import Rekognition
+from edge.rekognition.tokens import token_secret
 from edge.server.credentials import load_or_create_keys
 from edge.store import Store
 from edge.store.synthetic import SyntheticFaces, new_faces
@@ -71,7 +72,7 @@ def query_photo(misc: Path) -> bytes:
 def fill(state_dir: Path, settings: Settings, query: bytes, faces_dev: Path, total: int) -> dict[str, Any]:
     """The collection: the query photo's face, a few real faces, synthetic faces up to `total`."""
     real = [query] + [p.read_bytes() for p in sorted(faces_dev.glob("*/*.jpg"))[:20]]
-    pipeline = FacePipeline(settings.pipeline)
+    pipeline = FacePipeline.from_settings(settings.pipeline)
     with Store(state_dir) as store:
         rekognition = Rekognition(store, pipeline, settings.service, secret=token_secret(state_dir))
         rekognition.call("CreateCollection", {"CollectionId": COLLECTION})

@@ -40,8 +40,8 @@ def run(data: Path, threads: int, photos: int, peer: bool) -> dict[str, Any]:
 
     settings = Settings().pipeline.model_copy(update={"threads": threads})
     # The default for this CPU, and fp32 without the mirror pass (the default on AVX2-only CPUs).
-    configs = {"default": FacePipeline(settings),
-               "fp32": FacePipeline(settings.model_copy(update={"precision": "fp32", "flip_augment": "off"}))}
+    fp32 = settings.model_copy(update={"precision": "fp32", "flip_augment": "off"})
+    configs = {"default": FacePipeline.from_settings(settings), "fp32": FacePipeline.from_settings(fp32)}
     pipeline = configs["default"]
     paths = sorted(data.glob("*/*.jpg"))
     paths = paths[:: max(1, len(paths) // photos)][:photos]
@@ -84,17 +84,17 @@ def run(data: Path, threads: int, photos: int, peer: bool) -> dict[str, Any]:
         result["speedup"] = {name: result["face_recognition_ms"]["total"] / stages["total"]
                              for name, stages in result["edge_face_ms"].items()}
     result["embedder"] = {"default": pipeline.embedder.artifact.name, "flip": pipeline.embedder.flip_augment,
-                          "fp32": embedder_roofline(pipeline, threads)}
+                          "fp32": embedder_roofline(pipeline, settings.model_dir, threads)}
     return result
 
 
-def embedder_roofline(pipeline: Any, threads: int, runs: int = 100) -> dict[str, float]:
+def embedder_roofline(pipeline: Any, model_dir: Path, threads: int, runs: int = 100) -> dict[str, float]:
     """The fp32 embedder's GMAC/s on one chip against the core's fp32 matrix-multiply peak."""
     from edge.vision.embedder import Embedder
     from edge.vision.models import ModelCatalog
     from edge.vision.runtime import select_backend
 
-    catalog = ModelCatalog(pipeline.settings.model_dir)
+    catalog = ModelCatalog(model_dir)
     art = catalog.find("embedder", pipeline.embedder.artifact.family, "fp32")
     embedder = Embedder(catalog, art, backend=select_backend(["cpu"]), threads=threads)
     chip = np.zeros((*art.input_size, 3), dtype=np.uint8)

@@ -18,12 +18,12 @@ from edge.config import Settings
 def _pipeline(settings: Settings) -> Any:
     from edge.vision.pipeline import FacePipeline
 
-    return FacePipeline(settings.pipeline)
+    return FacePipeline.from_settings(settings.pipeline)
 
 
 def cmd_detect(args: argparse.Namespace, settings: Settings) -> int:
     """Print Rekognition FaceDetails for every face in an image."""
-    from edge.vision.pipeline import face_detail
+    from edge.rekognition.shapes import face_detail
 
     pipeline = _pipeline(settings)
     analysis = pipeline.analyse(Path(args.image).read_bytes(), embed=False)

@@ -1,7 +1,8 @@
 """Configuration: embedded defaults, a YAML file, then `EDGE_FACE_...` environment variables.
 
 Unknown keys are an error (`extra="forbid"`), so a typo in a fleet's config fails loudly
-at start-up instead of silently running on a default.
+at start-up instead of silently running on a default. This module imports nothing of `edge` and
+holds the only copy of every default: every layer reads its section from here.
 """
 
 from __future__ import annotations
@@ -10,15 +11,13 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
-
-from edge.server.settings import ServerSettings
 
 
 def default_model_dir() -> Path:
@@ -48,10 +47,9 @@ class PipelineSettings(BaseModel):
     #: FaceMesh's face-presence score (0-1) a detection must also reach, as in MediaPipe's
     #: FaceLandmarker: BlazeFace alone takes dog faces and textures for faces.
     min_face_presence: float = Field(default=0.5, ge=0.0, le=1.0)
-    #: Embed the mirrored chip too and average the two: TAR at FMR 1e-5 rises by about 8 points
-    #: for a second inference per face. "auto" does it where the embedder runs quantised or on
-    #: an accelerator (a few ms) and not for fp32 on the CPU, which keeps every CPU 10x faster
-    #: than face_recognition.
+    #: Embed the mirrored chip too and average the two: more true matches at low false-match
+    #: rates for a second inference per face (README, "Accuracy"). "auto" does it where the
+    #: embedder runs quantised or on an accelerator, where the second pass is cheap.
     flip_augment: Literal["auto", "on", "off"] = "auto"
 
 
@@ -83,11 +81,52 @@ class StoreSettings(BaseModel):
     exact_max: int = Field(default=20_000, ge=0)
     hnsw_m: int = Field(default=16, ge=2, le=128)
     hnsw_ef_construction: int = Field(default=200, ge=8)
-    #: Search breadth: 192 keeps recall@1 >= 0.996 at 100k faces; at 1M it gives 0.975, and 768
-    #: gives 0.997 at about 3 ms a query (bench/store_scale.py).
+    #: Search breadth (hnswlib widens it to k when k is larger); recall against it is measured by
+    #: bench/store_scale.py and quoted in the README.
     hnsw_ef: int = Field(default=192, ge=8)
     #: How often changed indexes are saved and the write-ahead log truncated.
     checkpoint_interval_s: float = Field(default=300.0, gt=0)
+    #: An HNSW index is rebuilt once this fraction of its slots holds deleted faces.
+    compact_ratio: float = Field(default=0.25, gt=0, le=1)
+
+
+#: The one fixed port clients are told about (`--endpoint-url http://device:8080`).
+DEFAULT_PORT = 8080
+
+
+class ServerSettings(BaseModel):
+    """Where the daemon listens, what it accepts and how much work it takes on at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Loopback by default: face images must not cross a LAN in clear text (configure TLS first).
+    host: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
+    #: A 5 MB image is ~7 MB of base64 JSON; up to this, oversized images reach the operations'
+    #: validation (ValidationException); beyond it the body is refused unread.
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024)
+    #: Image operations run on this many threads, each with its own pipeline; None: one per CPU.
+    pool_size: int | None = Field(default=None, ge=1, le=64)
+    #: Image requests that may wait for a free thread; beyond, ThrottlingException (clients back off).
+    queue_size: int = Field(default=32, ge=0)
+    #: PEM certificate (chain) and key: with both the daemon serves HTTPS only.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: Accept requests without a signature (admin rights), and only from loopback clients.
+    allow_unsigned: bool = False
+    #: Accept signed requests that carry X-Amz-Security-Token (the token itself is not checked:
+    #: there is no STS on the device, only the long-term key's signature is).
+    allow_session_tokens: bool = False
+    #: How far X-Amz-Date may be from the device's clock, as AWS allows.
+    clock_skew_s: int = Field(default=300, ge=1)
+    #: How long in-flight requests may take to finish on SIGTERM before they are cut off.
+    shutdown_timeout_s: int = Field(default=30, ge=1)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("server.tls_cert and server.tls_key must be set together")
+        return self
 
 
 class Settings(BaseSettings):

@@ -37,7 +37,7 @@ def settings() -> PipelineSettings:
 def pipeline(settings: PipelineSettings):  # type: ignore[no-untyped-def]
     from edge.vision.pipeline import FacePipeline
 
-    pipe = FacePipeline(settings)
+    pipe = FacePipeline.from_settings(settings)
     yield pipe
     pipe.close()
 
@@ -46,6 +46,6 @@ def pipeline(settings: PipelineSettings):  # type: ignore[no-untyped-def]
 def full_range_pipeline(settings: PipelineSettings):  # type: ignore[no-untyped-def]
     from edge.vision.pipeline import FacePipeline
 
-    pipe = FacePipeline(settings.model_copy(update={"detector": "full"}))
+    pipe = FacePipeline.from_settings(settings.model_copy(update={"detector": "full"}))
     yield pipe
     pipe.close()

@@ -13,7 +13,8 @@ import pytest
 
 from edge import errors
 from edge.config import ServiceSettings
-from edge.rekognition.operations import Rekognition, token_secret
+from edge.rekognition.operations import Rekognition
+from edge.rekognition.tokens import token_secret
 from edge.store import Store
 from edge.vision.pipeline import FacePipeline
 

@@ -19,7 +19,8 @@ import numpy as np
 from edge.config import Settings
 from edge.errors import InvalidParameterException
 from edge.evaluation.dataset import FaceSet
-from edge.rekognition.operations import Rekognition, token_secret
+from edge.rekognition.operations import Rekognition
+from edge.rekognition.tokens import token_secret
 from edge.store import open_store
 from edge.vision.pipeline import FacePipeline
 
@@ -45,7 +46,7 @@ def evaluate_identification(settings: Settings, faceset: FaceSet) -> dict[str, A
     gallery, probes, strangers = split(faceset)
     with tempfile.TemporaryDirectory() as state:
         store = open_store(Path(state), settings.store, autosave=False)
-        pipeline = FacePipeline(settings.pipeline)
+        pipeline = FacePipeline.from_settings(settings.pipeline)
         try:
             ops = Rekognition(store, pipeline, settings.service, secret=token_secret(Path(state)))
             ops.call("CreateCollection", {"CollectionId": COLLECTION})

@@ -1,41 +1,36 @@
 """The Rekognition face operations as plain Python: a request dict in, a response dict out.
 
-The daemon, the CLI's local mode and the tests all call `Rekognition.call`. Every request is
-validated against Rekognition's own API model first; errors are `edge.errors` exceptions
-carrying Rekognition's codes. A rejected request changes nothing.
+The daemon, the evaluation and the tests all call `Rekognition.call`, which looks the operation
+up in `OPERATIONS` (the one table the server and its authoriser read too), validates the request
+against Rekognition's own API model and maps the store's refusals through `error_map`. Errors are
+`edge.errors` exceptions carrying Rekognition's codes; a rejected request changes nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import secrets
 import uuid
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from edge import errors
 from edge.config import ServiceSettings
+from edge.rekognition import shapes
+from edge.rekognition.error_map import api_error
+from edge.rekognition.images import ImageSource
 from edge.rekognition.tokens import TokenSigner
 from edge.rekognition.validation import validate_request
 from edge.similarity import SimilarityCalibration
-from edge.store import Store
-from edge.store import errors as store_errors
-from edge.store.models import BoundingBox, FaceRecord, NewFace
-from edge.vision.image import MAX_IMAGE_BYTES, DecodedImage
-from edge.vision.pipeline import Analysis, Face, FacePipeline, FaceSelector, bounding_box, face_detail
+from edge.store import Store, StoreError
+from edge.store.models import FaceRecord, NewFace
+from edge.vision.image import DecodedImage
+from edge.vision.pipeline import Analysis, Face, FacePipeline, FaceSelector
 from edge.vision.quality import QualityFilter, filter_reasons
 
-#: Operations a read-only (kiosk) key may call.
-READ_ONLY_OPERATIONS = frozenset({
-    "DescribeCollection", "ListCollections", "ListFaces", "ListUsers", "SearchFaces", "SearchFacesByImage",
-    "SearchUsers", "SearchUsersByImage", "DetectFaces", "CompareFaces",
-})
-S3_MAX_BYTES = 15 * 1024 * 1024
 MAX_INDEXED_FACES = 100
 MAX_DETECTED_FACES = 100
 MAX_FACES_PER_USER = 100
@@ -45,21 +40,6 @@ DEFAULT_SEARCH_MAX_FACES = 80
 _IMAGE_NAMESPACE = uuid.UUID("6f1c3a52-8d0e-4f7b-9a51-2f4a1e0c9b77")
 
 
-def token_secret(state_dir: Path) -> bytes:
-    """The device's pagination-token key: made once, kept with the state, readable only by its owner."""
-    path = state_dir / "token.key"
-    state_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes()
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(secrets.token_bytes(32))
-        fh.flush()
-        os.fsync(fh.fileno())
-    return path.read_bytes()
-
-
 class Rekognition:
     """Every face operation edge-face implements, over one store and one face pipeline."""
 
@@ -67,22 +47,13 @@ class Rekognition:
         self.store = store
         self.pipeline = pipeline
         self.settings = settings
+        self._images = ImageSource(settings.buckets)
         self._tokens = TokenSigner(secret)
         similarity = pipeline.embedder.similarity
         if similarity is None:
-            raise RuntimeError(f"{pipeline.embedder.artifact.name} has no similarity calibration: run `make models`")
+            raise RuntimeError(f"face model {pipeline.face_model_version} has no similarity calibration: "
+                               "run `make models`")
         self.similarity: SimilarityCalibration = similarity
-        self._handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-            name: getattr(self, _snake(name)) for name in (
-                "CreateCollection", "DeleteCollection", "DescribeCollection", "ListCollections",
-                "IndexFaces", "ListFaces", "DeleteFaces", "SearchFaces", "SearchFacesByImage",
-                "DetectFaces", "CompareFaces", "CreateUser", "DeleteUser", "ListUsers", "AssociateFaces",
-                "DisassociateFaces", "SearchUsers", "SearchUsersByImage")
-        }
-
-    @property
-    def operations(self) -> frozenset[str]:
-        return frozenset(self._handlers)
 
     @property
     def face_model_version(self) -> str:
@@ -90,32 +61,25 @@ class Rekognition:
 
     def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         """Validate and run one operation; raises `edge.errors.RekognitionError` subclasses."""
-        handler = self._handlers.get(operation)
-        if handler is None:
+        entry = OPERATIONS.get(operation)
+        if entry is None:
             raise errors.InvalidParameterException(f"Operation {operation} is not supported by edge-face")
         request = validate_request(operation, params)
         try:
-            return handler(request)
-        except store_errors.CollectionNotFound as exc:
-            raise errors.ResourceNotFoundException(f"The collection id: {exc.collection_id} does not exist") from None
-        except store_errors.UserNotFound as exc:
-            raise errors.ResourceNotFoundException(
-                f"The user id: {exc.user_id} does not exist in collection {exc.collection_id}") from None
-        except store_errors.FaceModelMismatch as exc:
-            raise errors.InvalidParameterException(
-                f"Collection {exc.collection_id} was created with face model {exc.expected[0]}; this device "
-                f"runs {exc.got[0]}: faces of different models never mix") from None
+            return entry.handler(self, request)
+        except StoreError as exc:
+            mapped = api_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from None
 
     # collections
 
     def create_collection(self, p: dict[str, Any]) -> dict[str, Any]:
         cid = p["CollectionId"]
         arn = f"aws:rekognition:{self.settings.region}:{self.settings.account_id}:collection/{cid}"
-        try:
-            record = self.store.create_collection(cid, face_model_version=self.face_model_version,
-                                                  dim=self.pipeline.embedder.artifact.embedding_size or 0, arn=arn)
-        except store_errors.CollectionExists:
-            raise errors.ResourceAlreadyExistsException(f"The collection id: {cid} already exists") from None
+        record = self.store.create_collection(cid, face_model_version=self.face_model_version,
+                                              dim=self.pipeline.embedder.dim, arn=arn)
         return {"StatusCode": 200, "CollectionArn": record.arn, "FaceModelVersion": record.face_model_version}
 
     def delete_collection(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -168,14 +132,15 @@ class Rekognition:
         previous = [f for f in self.store.find_faces_by_image(cid, image_id=image_id)
                     if f.external_image_id == external]
         if previous:
-            stored = _match_boxes(previous, [bounding_box(analysis.image, f.detection.box) for f in kept])
+            stored = _match_boxes(previous, [shapes.bounding_box(analysis.image, f.detection.box) for f in kept])
         else:
             stored = self.store.add_faces(cid, [
                 NewFace(vector=f.embedding, image_id=image_id, external_image_id=external,
-                        bounding_box=_box(bounding_box(analysis.image, f.detection.box)), confidence=f.confidence)
+                        bounding_box=shapes.stored_box(shapes.bounding_box(analysis.image, f.detection.box)),
+                        confidence=f.confidence)
                 for f in kept], model_version=record.face_model_version)
         return {
-            "FaceRecords": [{"Face": _face(rec), "FaceDetail": self._detail(analysis, f, all_attributes)}
+            "FaceRecords": [{"Face": shapes.face(rec), "FaceDetail": self._detail(analysis, f, all_attributes)}
                             for rec, f in zip(stored, kept, strict=True)],
             "FaceModelVersion": record.face_model_version,
             "UnindexedFaces": unindexed,
@@ -189,7 +154,7 @@ class Rekognition:
         after = self._open_token(scope, p) if p.get("NextToken") else None
         faces, last = self.store.list_faces(cid, after=after, limit=p.get("MaxResults") or DEFAULT_PAGE,
                                             user_id=p.get("UserId"), face_ids=face_ids)
-        out: dict[str, Any] = {"Faces": [_face(f) for f in faces], "FaceModelVersion": record.face_model_version}
+        out: dict[str, Any] = {"Faces": [shapes.face(f) for f in faces], "FaceModelVersion": record.face_model_version}
         if last is not None:
             out["NextToken"] = self._tokens.issue(scope, last)
         return out
@@ -209,7 +174,7 @@ class Rekognition:
     def search_faces(self, p: dict[str, Any]) -> dict[str, Any]:
         cid, face_id = p["CollectionId"], p["FaceId"]
         record = self.store.get_collection(cid)
-        vector = self._face_vector(cid, face_id)
+        vector = self.store.get_face_vector(cid, face_id)
         matches = [m for m in self._search(cid, vector, p.get("MaxFaces", DEFAULT_SEARCH_MAX_FACES) + 1,
                                            p.get("FaceMatchThreshold", 80.0), record.face_model_version)
                    if m["Face"]["FaceId"] != face_id]
@@ -223,7 +188,7 @@ class Rekognition:
         face = self._largest(analysis, QualityFilter(p.get("QualityFilter", "NONE")))
         assert face.embedding is not None
         return {
-            "SearchedFaceBoundingBox": bounding_box(analysis.image, face.detection.box),
+            "SearchedFaceBoundingBox": shapes.bounding_box(analysis.image, face.detection.box),
             "SearchedFaceConfidence": face.confidence,
             "FaceMatches": self._search(cid, face.embedding, p.get("MaxFaces", DEFAULT_SEARCH_MAX_FACES),
                                         p.get("FaceMatchThreshold", 80.0), record.face_model_version),
@@ -255,18 +220,14 @@ class Rekognition:
             else:
                 unmatched.append(compared)
         matches.sort(key=lambda m: -m["Similarity"])
-        return {"SourceImageFace": {"BoundingBox": bounding_box(source.image, source_face.detection.box),
+        return {"SourceImageFace": {"BoundingBox": shapes.bounding_box(source.image, source_face.detection.box),
                                     "Confidence": source_face.confidence},
                 "FaceMatches": matches, "UnmatchedFaces": unmatched}
 
     # users
 
     def create_user(self, p: dict[str, Any]) -> dict[str, Any]:
-        try:
-            self.store.create_user(p["CollectionId"], p["UserId"])
-        except store_errors.UserExists:
-            raise errors.ConflictException(
-                f"A user with the id {p['UserId']} already exists in collection {p['CollectionId']}") from None
+        self.store.create_user(p["CollectionId"], p["UserId"])
         return {}
 
     def delete_user(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -330,7 +291,7 @@ class Rekognition:
             raise errors.InvalidParameterException("Exactly one of UserId and FaceId must be given")
         out: dict[str, Any] = {"FaceModelVersion": record.face_model_version}
         if "FaceId" in p:
-            queries = [self._face_vector(cid, p["FaceId"])]
+            queries = [self.store.get_face_vector(cid, p["FaceId"])]
             exclude = None
             out["SearchedFace"] = {"FaceId": p["FaceId"]}
         else:
@@ -371,24 +332,8 @@ class Rekognition:
     def _analyse(self, image: dict[str, Any], *, embed: bool | FaceSelector = True,
                  max_faces: int | None = None) -> tuple[bytes, Analysis]:
         """The request's image bytes (from Bytes or a mapped S3 bucket) and the faces in them."""
-        data, limit = self._image(image)
+        data, limit = self._images.read(image)
         return data, self.pipeline.analyse(data, embed=embed, max_faces=max_faces, max_bytes=limit)
-
-    def _image(self, image: dict[str, Any]) -> tuple[bytes, int]:
-        """The image's bytes and the size limit that applies to them."""
-        if "Bytes" in image:
-            return image["Bytes"], MAX_IMAGE_BYTES
-        s3 = image["S3Object"]
-        missing = errors.InvalidS3ObjectException(
-            "Unable to get object metadata from S3. Check object key, region and/or access permissions.")
-        root = self.settings.buckets.get(s3.get("Bucket", ""))
-        if root is None or "Name" not in s3:
-            raise missing
-        root = root.resolve()
-        path = (root / s3["Name"]).resolve()
-        if not path.is_relative_to(root) or not path.is_file():
-            raise missing
-        return path.read_bytes(), S3_MAX_BYTES
 
     def _largest(self, analysis: Analysis, level: QualityFilter) -> Face:
         """The largest face, as searches use it; none, or one the filter refuses, is the caller's error."""
@@ -408,21 +353,14 @@ class Rekognition:
 
     @staticmethod
     def _detail(analysis: Analysis, face: Face, all_attributes: bool) -> dict[str, Any]:
-        return face_detail(analysis.image, face, all_attributes=all_attributes)
-
-    def _face_vector(self, cid: str, face_id: str) -> np.ndarray:
-        try:
-            return self.store.get_face_vector(cid, face_id)
-        except store_errors.FaceNotFound:
-            raise errors.InvalidParameterException(
-                f"The face id: {face_id} does not exist in collection {cid}") from None
+        return shapes.face_detail(analysis.image, face, all_attributes=all_attributes)
 
     def _search(self, cid: str, vector: np.ndarray, max_faces: int, threshold: float,
                 model_version: str) -> list[dict[str, Any]]:
         """Faces at or above a Similarity threshold, best first, in Rekognition's FaceMatch shape."""
         hits = self.store.search(cid, vector, model_version=model_version, k=max_faces,
                                  min_similarity=self.similarity.min_cosine(threshold))
-        return [{"Similarity": float(self.similarity.similarity(hit.similarity)), "Face": _face(hit.face)}
+        return [{"Similarity": float(self.similarity.similarity(hit.similarity)), "Face": shapes.face(hit.face)}
                 for hit in hits]
 
     def _search_users(self, cid: str, queries: Sequence[np.ndarray], threshold: float, max_users: int,
@@ -445,29 +383,37 @@ class Rekognition:
         return self._tokens.open(scope, p["NextToken"])
 
 
-def _snake(name: str) -> str:
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+@dataclass(frozen=True)
+class Operation:
+    """One Rekognition operation: its handler, whether a read-only key may call it, whether it runs
+    the face pipeline (the server gives those the bounded inference pool)."""
+
+    name: str
+    handler: Callable[[Rekognition, dict[str, Any]], dict[str, Any]]
+    read_only: bool
+    takes_image: bool
 
 
-def _box(box: dict[str, float]) -> BoundingBox:
-    return BoundingBox(width=box["Width"], height=box["Height"], left=box["Left"], top=box["Top"])
-
-
-def _face(record: FaceRecord) -> dict[str, Any]:
-    """Rekognition's Face shape for a stored face."""
-    box = record.bounding_box
-    face: dict[str, Any] = {
-        "FaceId": record.face_id,
-        "BoundingBox": {"Width": box.width, "Height": box.height, "Left": box.left, "Top": box.top},
-        "ImageId": record.image_id,
-        "Confidence": record.confidence,
-        "IndexFacesModelVersion": record.index_faces_model_version,
-    }
-    if record.external_image_id is not None:
-        face["ExternalImageId"] = record.external_image_id
-    if record.user_id is not None:
-        face["UserId"] = record.user_id
-    return face
+OPERATIONS: dict[str, Operation] = {op.name: op for op in (
+    Operation("CreateCollection", Rekognition.create_collection, read_only=False, takes_image=False),
+    Operation("DeleteCollection", Rekognition.delete_collection, read_only=False, takes_image=False),
+    Operation("DescribeCollection", Rekognition.describe_collection, read_only=True, takes_image=False),
+    Operation("ListCollections", Rekognition.list_collections, read_only=True, takes_image=False),
+    Operation("IndexFaces", Rekognition.index_faces, read_only=False, takes_image=True),
+    Operation("ListFaces", Rekognition.list_faces, read_only=True, takes_image=False),
+    Operation("DeleteFaces", Rekognition.delete_faces, read_only=False, takes_image=False),
+    Operation("SearchFaces", Rekognition.search_faces, read_only=True, takes_image=False),
+    Operation("SearchFacesByImage", Rekognition.search_faces_by_image, read_only=True, takes_image=True),
+    Operation("DetectFaces", Rekognition.detect_faces, read_only=True, takes_image=True),
+    Operation("CompareFaces", Rekognition.compare_faces, read_only=True, takes_image=True),
+    Operation("CreateUser", Rekognition.create_user, read_only=False, takes_image=False),
+    Operation("DeleteUser", Rekognition.delete_user, read_only=False, takes_image=False),
+    Operation("ListUsers", Rekognition.list_users, read_only=True, takes_image=False),
+    Operation("AssociateFaces", Rekognition.associate_faces, read_only=False, takes_image=False),
+    Operation("DisassociateFaces", Rekognition.disassociate_faces, read_only=False, takes_image=False),
+    Operation("SearchUsers", Rekognition.search_users, read_only=True, takes_image=False),
+    Operation("SearchUsersByImage", Rekognition.search_users_by_image, read_only=True, takes_image=True),
+)}
 
 
 def _match_boxes(stored: list[FaceRecord], boxes: list[dict[str, float]]) -> list[FaceRecord]:

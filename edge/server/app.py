@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -27,13 +27,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from edge import errors
-from edge.config import Settings
-from edge.rekognition.operations import Rekognition, token_secret
+from edge.config import ServerSettings, Settings
+from edge.rekognition.operations import OPERATIONS, Rekognition
+from edge.rekognition.tokens import token_secret
 from edge.server.auth import Authenticator, HttpRequest, is_loopback
 from edge.server.credentials import CREDENTIALS_FILE, load_or_create_keys
 from edge.server.metrics import Metrics
 from edge.server.pool import InferencePool
-from edge.server.settings import ServerSettings
 from edge.store import open_store
 from edge.vision.pipeline import FacePipeline
 from edge.vision.runtime import default_threads
@@ -44,15 +44,22 @@ TARGET_PREFIX = "RekognitionService."
 CONTENT_TYPE = "application/x-amz-json-1.1"
 #: AWS JSON 1.1 as the SDKs send it, plus the neighbours a hand-written client may use.
 JSON_CONTENT_TYPES = frozenset({CONTENT_TYPE, "application/x-amz-json-1.0", "application/json"})
-#: Operations that run the face pipeline, hence the bounded pool.
-IMAGE_OPERATIONS = frozenset({"IndexFaces", "SearchFacesByImage", "DetectFaces", "CompareFaces", "SearchUsersByImage"})
 INTERNAL_ERROR = "Internal server error"
+#: HTTP statuses of the errors that are not 400 (AWS JSON 1.1 sends client errors, auth included, as 400).
+#: 413 is not retried by clients; 500 and 503 are.
+STATUS = {
+    errors.RequestEntityTooLargeException: 413,
+    errors.InternalServerError: 500,
+    errors.ServiceUnavailableException: 503,
+}
+#: Makes one worker's pipeline; `observe` receives its stage timings (production: real models).
+PipelineFactory = Callable[..., FacePipeline]
 
 
 class Daemon:
     """What a running daemon holds: the store, the keys and the workers; opened at start-up, closed at shutdown."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, make_pipeline: PipelineFactory) -> None:
         self.settings = settings
         # Takes the state directory's lock: one daemon per directory.
         self.store = open_store(settings.state_dir, settings.store)
@@ -66,8 +73,8 @@ class Daemon:
             pipeline = settings.pipeline.model_copy(
                 update={"threads": settings.pipeline.threads or max(1, default_threads() // size)})
             secret = token_secret(settings.state_dir)
-            workers = [Rekognition(self.store, FacePipeline(pipeline, observe=metrics.observe_stages), settings.service,
-                                   secret=secret) for _ in range(size)]
+            workers = [Rekognition(self.store, make_pipeline(pipeline, observe=metrics.observe_stages),
+                                   settings.service, secret=secret) for _ in range(size)]
             self.pool = InferencePool(workers, settings.server.queue_size)
         except BaseException:
             self.store.close()
@@ -88,11 +95,11 @@ class Daemon:
         body = await _read_body(request, limit)
         principal = await run_in_threadpool(claim.verify, body)  # hashing 16 MB would stall the loop
         content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-        if content_type not in JSON_CONTENT_TYPES or operation not in self.rekognition.operations:
+        if content_type not in JSON_CONTENT_TYPES or operation not in OPERATIONS:
             raise errors.UnknownOperationException(
                 f"Unknown operation {request.headers.get('x-amz-target')!r} for content type {content_type!r}")
         principal.authorize(operation)
-        if operation in IMAGE_OPERATIONS:
+        if OPERATIONS[operation].takes_image:
             return await self.pool.run(lambda worker: worker.call(operation, _parse_json(body)))
         return await run_in_threadpool(lambda: self.rekognition.call(operation, _parse_json(body)))
 
@@ -104,13 +111,13 @@ class Daemon:
             self.store.close()
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, make_pipeline: PipelineFactory = FacePipeline.from_settings) -> FastAPI:
     """The ASGI app; the store opens and the models load in its lifespan, before the first request."""
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        daemon = await run_in_threadpool(Daemon, settings, metrics)
+        daemon = await run_in_threadpool(Daemon, settings, metrics, make_pipeline)
         app.state.daemon = daemon
         try:
             yield
@@ -125,28 +132,28 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(HTTPException)
     async def not_an_operation(request: Request, exc: HTTPException) -> Response:
         message = f"{request.method} {request.url.path}: {exc.detail}"
-        return _error(exc.status_code, "UnknownOperationException", message)
+        return _json(exc.status_code, {"__type": "UnknownOperationException", "message": message})
 
     @app.post("/")
     async def rekognition(request: Request) -> Response:
         daemon: Daemon | None = request.app.state.daemon
         if daemon is None:  # only between shutdown's start and the last connection closing
-            return _error(503, "ServiceUnavailableException", "The daemon is shutting down")
+            return _error(errors.ServiceUnavailableException("The daemon is shutting down"))
         started = time.perf_counter()
         target = request.headers.get("x-amz-target", "")
         operation = target.removeprefix(TARGET_PREFIX) if target.startswith(TARGET_PREFIX) else ""
-        label = operation if operation in daemon.rekognition.operations else "unknown"
+        label = operation if operation in OPERATIONS else "unknown"
         try:
             response = _json(200, await daemon.handle(request, operation))
         except errors.RekognitionError as exc:
             metrics.errors.labels(label, exc.code).inc()
-            response = _error(exc.status, exc.code, exc.message)
+            response = _error(exc)
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is left to read it
         except Exception:
             log.exception("%s failed", label)
             metrics.errors.labels(label, "InternalServerError").inc()
-            response = _error(500, "InternalServerError", INTERNAL_ERROR)
+            response = _error(errors.InternalServerError(INTERNAL_ERROR))
         metrics.requests.labels(label).inc()
         metrics.latency.labels(label).observe(time.perf_counter() - started)
         return response
@@ -271,6 +278,11 @@ def _json(status: int, payload: Any) -> Response:
     return Response(json.dumps(payload).encode(), status_code=status, media_type=CONTENT_TYPE)
 
 
-def _error(status: int, code: str, message: str) -> Response:
-    return _json(status, {"__type": code, "message": message})
+def http_status(exc: errors.RekognitionError) -> int:
+    """The HTTP status that carries a Rekognition error."""
+    return STATUS.get(type(exc), 400)
+
+
+def _error(exc: errors.RekognitionError) -> Response:
+    return _json(http_status(exc), {"__type": exc.code, "message": exc.message})
 

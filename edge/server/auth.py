@@ -25,9 +25,9 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from edge import errors
-from edge.rekognition.operations import READ_ONLY_OPERATIONS
+from edge.config import ServerSettings
+from edge.rekognition.operations import OPERATIONS
 from edge.server.credentials import AccessKey, Scope
-from edge.server.settings import ServerSettings
 
 SERVICE = "rekognition"
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -74,7 +74,7 @@ class Principal:
 
     def authorize(self, operation: str) -> None:
         """Refuse what the scope does not allow, before anything is read or changed."""
-        if self.scope != "admin" and operation not in READ_ONLY_OPERATIONS:
+        if self.scope != "admin" and not OPERATIONS[operation].read_only:
             raise errors.AccessDeniedException(
                 f"User: {self.access_key_id} is not authorized to perform: rekognition:{operation} "
                 f"with a {self.scope} key")

@@ -13,13 +13,14 @@ Two files in the state directory, both mode 0600 and written atomically:
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import string
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from edge.files import write_private
 
 Scope = Literal["admin", "read-only"]
 KEYS_FILE = "keys.json"
@@ -77,27 +78,6 @@ def credentials_text(keys: list[AccessKey]) -> str:
         lines += ["", f"[{key.profile}]", f"aws_access_key_id = {key.access_key_id}",
                   f"aws_secret_access_key = {key.secret_access_key}"]
     return "\n".join(lines) + "\n"
-
-
-def write_private(path: Path, text: str) -> None:
-    """Replace `path` atomically with a 0600 file: a crash leaves the old file or the new, never half a key."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def _new_key(profile: str, scope: Scope) -> AccessKey:

@@ -78,30 +78,31 @@ class _Replay(NamedTuple):
     seq: int
 
 
+_DEFAULTS = StoreSettings()
+
+
 def open_store(state_dir: Path, settings: StoreSettings, *, autosave: bool = True) -> Store:
     """A store configured from the `store` settings section."""
-    return Store(state_dir, exact_max=settings.exact_max,
-                 hnsw=HnswParams(m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction, ef=settings.hnsw_ef),
-                 checkpoint_interval_s=settings.checkpoint_interval_s if autosave else None)
+    return Store(state_dir, exact_max=settings.exact_max, hnsw=HnswParams.from_settings(settings),
+                 checkpoint_interval_s=settings.checkpoint_interval_s if autosave else None,
+                 compact_ratio=settings.compact_ratio)
 
 
 class Store:
     """Durable face collections for one process (an flock on the state directory enforces that).
 
-    exact_max: collections with at most this many faces use exact search, larger ones HNSW.
-    checkpoint_interval_s: how often a background thread saves changed indexes and truncates the
-    WAL (None: only at close or on `checkpoint()`); it bounds how long erased vectors stay on disk.
-    compact_ratio: rebuild an HNSW index once this fraction of its slots holds deleted faces.
+    The options are `StoreSettings`' (which holds their defaults); checkpoint_interval_s None saves
+    only at close or on `checkpoint()`. The interval bounds how long erased vectors stay on disk.
     """
 
     def __init__(
         self,
         state_dir: Path,
         *,
-        exact_max: int = 20_000,
+        exact_max: int = _DEFAULTS.exact_max,
         hnsw: HnswParams = HnswParams(),  # noqa: B008 - frozen dataclass
-        checkpoint_interval_s: float | None = 300.0,
-        compact_ratio: float = 0.25,
+        checkpoint_interval_s: float | None = _DEFAULTS.checkpoint_interval_s,
+        compact_ratio: float = _DEFAULTS.compact_ratio,
     ) -> None:
         self._state_dir = state_dir
         self._exact_max = exact_max

@@ -57,6 +57,13 @@ class Embedder:
         return self.artifact.version
 
     @property
+    def dim(self) -> int:
+        """Length of the embedding; the manifest records it for every embedder."""
+        if self.artifact.embedding_size is None:
+            raise ValueError(f"{self.artifact.name} has no embedding size in the manifest")
+        return self.artifact.embedding_size
+
+    @property
     def size(self) -> int:
         return self.artifact.input_size[0]
 

@@ -15,9 +15,9 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from edge import errors
+from edge.config import ServerSettings
 from edge.server.auth import Authenticator, HttpRequest, Principal, is_loopback
 from edge.server.credentials import AccessKey
-from edge.server.settings import ServerSettings
 
 ADMIN = AccessKey(profile="admin", access_key_id="AKIAADMINADMINADMIN0", secret_access_key="a" * 40, scope="admin")
 KIOSK = AccessKey(profile="kiosk", access_key_id="AKIAKIOSKKIOSKKIOSK0", secret_access_key="k" * 40,

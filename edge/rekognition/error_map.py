@@ -1,0 +1,29 @@
+"""The one map from the store's typed errors to the Rekognition errors a client receives."""
+
+from __future__ import annotations
+
+from edge import errors
+from edge.store import errors as store
+
+
+def api_error(exc: store.StoreError) -> errors.RekognitionError | None:
+    """Rekognition's error for a store refusal; None for a fault that no client caused."""
+    match exc:
+        case store.CollectionNotFound():
+            return errors.ResourceNotFoundException(f"The collection id: {exc.collection_id} does not exist")
+        case store.CollectionExists():
+            return errors.ResourceAlreadyExistsException(f"The collection id: {exc.collection_id} already exists")
+        case store.UserNotFound():
+            return errors.ResourceNotFoundException(
+                f"The user id: {exc.user_id} does not exist in collection {exc.collection_id}")
+        case store.UserExists():
+            return errors.ConflictException(
+                f"A user with the id {exc.user_id} already exists in collection {exc.collection_id}")
+        case store.FaceNotFound():
+            return errors.InvalidParameterException(
+                f"The face id: {exc.face_id} does not exist in collection {exc.collection_id}")
+        case store.FaceModelMismatch():
+            return errors.InvalidParameterException(
+                f"Collection {exc.collection_id} was created with face model {exc.expected[0]}; this device "
+                f"runs {exc.got[0]}: faces of different models never mix")
+    return None
