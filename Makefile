@@ -49,8 +49,7 @@ models: $(MODEL_STAMP)
 run: setup models
 	$(VENV)/bin/edge-face serve
 
-test: setup models
-	$(VENV)/bin/ruff check edge models tests bench
+test: lint models
 	$(VENV)/bin/pytest -m "not slow" -q
 
 test-slow: setup models $(VENV)/.peer
@@ -68,8 +67,15 @@ bench-1m: setup
 eval: setup models $(VENV)/.peer
 	$(VENV)/bin/edge-face eval --data $(FACES) --peer
 
+# ruff, the layer contracts (pyproject's [tool.importlinter]) and the type checker. The tests are checked
+# folder by folder: each has its own conftest.py, which mypy would take for one module twice.
 lint: setup
 	$(VENV)/bin/ruff check edge models tests bench
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --explicit-package-bases tests/conftest.py tests/test_*.py
+	$(VENV)/bin/mypy --explicit-package-bases tests/store
+	$(VENV)/bin/mypy --explicit-package-bases tests/server
 
 clean:
 	rm -rf $(VENV) .tools models/.venv

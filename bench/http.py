@@ -4,7 +4,7 @@ A 640x480 JPEG (one face) is searched at concurrency 1, 4 and 16, first as raw s
 keep-alive connection per client thread, botocore's SigV4 per request), then through boto3 (the
 SDK's own serialisation, signing and connection pool). The collection is filled before the daemon
 starts: a few real faces through the operations layer, the rest synthetic vectors clustered like
-real embeddings (`edge.store.synthetic`), written straight through `Store.add_faces` with the
+real embeddings (`bench.synthetic`), written straight through `Store.add_faces` with the
 collection's model version. The daemon runs as `edge-face serve` in its own process, with its
 defaults (pool = one thread per CPU). Clients run on the same machine, so they take CPU from it.
 Results go to bench/results/http.json.
@@ -40,14 +40,14 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.machine import cpu_model
+from bench.synthetic import SyntheticFaces, new_faces
 from edge.config import Settings
 from edge.evaluation.dataset import data_root
-from edge.evaluation.peer import cpu_model
 from edge.rekognition.operations import Rekognition
 from edge.rekognition.tokens import token_secret
 from edge.server.credentials import load_or_create_keys
 from edge.store import Store
-from edge.store.synthetic import SyntheticFaces, new_faces
 from edge.vision.pipeline import STAGES, FacePipeline
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -60,6 +60,8 @@ FACES_PER_IDENTITY = 5
 def query_photo(misc: Path) -> bytes:
     """A 640x480 JPEG with one face: the 4:3 centre of a large one-face photo, as a kiosk camera frames it."""
     image = cv2.imread(str(misc / "large_4352x2903_one_face.jpg"))
+    if image is None:
+        raise FileNotFoundError(misc / "large_4352x2903_one_face.jpg")
     height, width = image.shape[:2]
     crop = int(height * 4 / 3)
     left = (width - crop) // 2

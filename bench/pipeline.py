@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.evaluation.peer import cpu_model, limit_threads
+from bench.machine import cpu_model, limit_threads
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -36,6 +36,7 @@ def matmul_peak_gmacs(size: int = 1024, repeats: int = 5) -> float:
 def run(data: Path, threads: int, photos: int, peer: bool) -> dict[str, Any]:
     limit_threads(threads)
     from edge.config import Settings
+    from edge.vision.embedder import Embedder
     from edge.vision.pipeline import STAGES, FacePipeline
 
     settings = Settings().pipeline.model_copy(update={"threads": threads})
@@ -50,7 +51,7 @@ def run(data: Path, threads: int, photos: int, peer: bool) -> dict[str, Any]:
         from edge.evaluation.peer import import_face_recognition
 
         fr = import_face_recognition()
-    ours = {name: {s: [] for s in (*STAGES, "total")} for name in configs}
+    ours: dict[str, dict[str, list[float]]] = {name: {s: [] for s in (*STAGES, "total")} for name in configs}
     theirs: dict[str, list[float]] = {s: [] for s in ("decode", "detect", "encode", "total")}
     for path in paths * 2:  # the first pass warms caches and is discarded below
         data_bytes = path.read_bytes()
@@ -83,19 +84,21 @@ def run(data: Path, threads: int, photos: int, peer: bool) -> dict[str, Any]:
         result["face_recognition_ms"] = {k: float(np.median(v[half:])) for k, v in theirs.items()}
         result["speedup"] = {name: result["face_recognition_ms"]["total"] / stages["total"]
                              for name, stages in result["edge_face_ms"].items()}
-    result["embedder"] = {"default": pipeline.embedder.artifact.name, "flip": pipeline.embedder.flip_augment,
-                          "fp32": embedder_roofline(pipeline, settings.model_dir, threads)}
+    embedder = pipeline.embedder
+    assert isinstance(embedder, Embedder)  # from_settings builds the real one
+    result["embedder"] = {"default": embedder.artifact.name, "flip": embedder.flip_augment,
+                          "fp32": embedder_roofline(embedder.artifact.family, settings.model_dir, threads)}
     return result
 
 
-def embedder_roofline(pipeline: Any, model_dir: Path, threads: int, runs: int = 100) -> dict[str, float]:
+def embedder_roofline(family: str, model_dir: Path, threads: int, runs: int = 100) -> dict[str, float]:
     """The fp32 embedder's GMAC/s on one chip against the core's fp32 matrix-multiply peak."""
     from edge.vision.embedder import Embedder
     from edge.vision.models import ModelCatalog
     from edge.vision.runtime import select_backend
 
     catalog = ModelCatalog(model_dir)
-    art = catalog.find("embedder", pipeline.embedder.artifact.family, "fp32")
+    art = catalog.find("embedder", family, "fp32")
     embedder = Embedder(catalog, art, backend=select_backend(["cpu"]), threads=threads)
     chip = np.zeros((*art.input_size, 3), dtype=np.uint8)
     times = []

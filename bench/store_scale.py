@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from bench.synthetic import SyntheticFaces, new_faces
 from edge.store import HnswParams, Store
 from edge.store.index import HNSWLIB_VERSION, ExactIndex
-from edge.store.synthetic import SyntheticFaces, new_faces
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "bench-model"

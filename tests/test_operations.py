@@ -128,6 +128,7 @@ def test_index_faces_max_faces_and_quality_filter(ops: Rekognition, misc: Path) 
     assert len(result["FaceRecords"]) == 1
     assert [u["Reasons"] for u in result["UnindexedFaces"]] == [["EXCEEDS_MAX_FACES"]]
     face = cv2.imread(str(misc / "large_4352x2903_one_face.jpg"))
+    assert face is not None
     blurred = cv2.GaussianBlur(cv2.resize(face, (1088, 726)), (0, 0), 9)
     data = cv2.imencode(".jpg", blurred)[1].tobytes()
     high = ops.call("IndexFaces", {"CollectionId": "group", "Image": b64(data), "QualityFilter": "HIGH"})
@@ -138,7 +139,7 @@ def test_index_faces_max_faces_and_quality_filter(ops: Rekognition, misc: Path) 
 def test_list_faces_pages_with_tokens_bound_to_the_collection(ops: Rekognition, enrolled: dict[str, str]) -> None:
     ids, token = [], None
     while True:
-        paging = {"NextToken": token} if token else {}
+        paging: dict[str, str] = {"NextToken": token} if token else {}
         page = ops.call("ListFaces", {"CollectionId": "door", "MaxResults": 4, **paging})
         ids += [f["FaceId"] for f in page["Faces"]]
         token = page.get("NextToken")
@@ -166,7 +167,7 @@ def test_bad_input_gets_rekognition_errors_and_changes_nothing(ops: Rekognition,
                                                                misc: Path) -> None:
     door = {"CollectionId": "door"}
     noface = b64((misc / "noface_horses.jpg").read_bytes())
-    cases = [
+    cases: list[tuple[str, dict[str, Any], str]] = [
         ("SearchFacesByImage", {**door, "Image": noface}, "InvalidParameterException"),
         ("SearchFacesByImage", {**door, "Image": noface, "FaceMatchThreshold": 101}, "ValidationException"),
         ("SearchFacesByImage", {"CollectionId": "nope", "Image": noface}, "ResourceNotFoundException"),

@@ -183,7 +183,7 @@ def fit_calibration(
     if f_floor > tail_fraction / 10:
         raise ValueError(f"{n} impostor scores: need >= {math.ceil(10 * floor_count / tail_fraction)}")
 
-    def empirical_cosine(fmr: np.ndarray) -> np.ndarray:
+    def empirical_cosine(fmr: float | np.ndarray) -> np.ndarray:
         """Cosine with a fraction `fmr` of impostors at or above it (x[i] has FMR (n - i)/n)."""
         return np.interp(n * (1 - np.asarray(fmr)), np.arange(n), x)
 

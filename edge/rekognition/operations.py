@@ -135,7 +135,7 @@ class Rekognition:
             stored = _match_boxes(previous, [shapes.bounding_box(analysis.image, f.detection.box) for f in kept])
         else:
             stored = self.store.add_faces(cid, [
-                NewFace(vector=f.embedding, image_id=image_id, external_image_id=external,
+                NewFace(vector=f.vector(), image_id=image_id, external_image_id=external,
                         bounding_box=shapes.stored_box(shapes.bounding_box(analysis.image, f.detection.box)),
                         confidence=f.confidence)
                 for f in kept], model_version=record.face_model_version)
@@ -166,7 +166,8 @@ class Rekognition:
             self.store.checkpoint()  # no file keeps a deleted vector once DeleteFaces has answered
         associated = {f.face_id: f.user_id for f in self.store.list_faces(
             cid, face_ids=result.user_associated, limit=len(result.user_associated) or 1)[0]}
-        unsuccessful = [{"FaceId": fid, "Reasons": ["FACE_NOT_FOUND"]} for fid in result.not_found]
+        unsuccessful: list[dict[str, Any]] = [{"FaceId": fid, "Reasons": ["FACE_NOT_FOUND"]}
+                                              for fid in result.not_found]
         unsuccessful += [{"FaceId": fid, "UserId": associated.get(fid), "Reasons": ["ASSOCIATED_TO_AN_EXISTING_USER"]}
                          for fid in result.user_associated]
         return {"DeletedFaces": result.deleted, "UnsuccessfulFaceDeletions": unsuccessful}
@@ -186,11 +187,10 @@ class Rekognition:
         record = self.store.get_collection(cid)
         _, analysis = self._analyse(p["Image"], max_faces=1)
         face = self._largest(analysis, QualityFilter(p.get("QualityFilter", "NONE")))
-        assert face.embedding is not None
         return {
             "SearchedFaceBoundingBox": shapes.bounding_box(analysis.image, face.detection.box),
             "SearchedFaceConfidence": face.confidence,
-            "FaceMatches": self._search(cid, face.embedding, p.get("MaxFaces", DEFAULT_SEARCH_MAX_FACES),
+            "FaceMatches": self._search(cid, face.vector(), p.get("MaxFaces", DEFAULT_SEARCH_MAX_FACES),
                                         p.get("FaceMatchThreshold", 80.0), record.face_model_version),
             "FaceModelVersion": record.face_model_version,
         }
@@ -209,12 +209,13 @@ class Rekognition:
         source_face = self._largest(source, level)
         _, target = self._analyse(p["TargetImage"], max_faces=MAX_DETECTED_FACES)
         min_cosine = self.similarity.min_cosine(p.get("SimilarityThreshold", 80.0))
-        matches, unmatched = [], []
+        matches: list[dict[str, Any]] = []
+        unmatched: list[dict[str, Any]] = []
         for face in target.faces[:MAX_DETECTED_FACES]:
             if face.embedding is None or self._reasons(level, target.image, face):
                 continue
             compared = self._detail(target, face, False)
-            cosine = float(face.embedding @ source_face.embedding)  # type: ignore[operator]
+            cosine = float(face.vector() @ source_face.vector())
             if cosine >= min_cosine:
                 matches.append({"Similarity": float(self.similarity.similarity(cosine)), "Face": compared})
             else:
@@ -321,9 +322,8 @@ class Rekognition:
             out["UnsearchedFaces"].insert(0, {"FaceDetails": self._detail(analysis, largest, False),
                                               "Reasons": reasons})
             return out
-        assert largest.embedding is not None
         out["SearchedFace"] = {"FaceDetail": self._detail(analysis, largest, False)}
-        out["UserMatches"] = self._search_users(cid, [largest.embedding], p.get("UserMatchThreshold", 80.0),
+        out["UserMatches"] = self._search_users(cid, [largest.vector()], p.get("UserMatchThreshold", 80.0),
                                                 p.get("MaxUsers", 100), record.face_model_version, None)
         return out
 

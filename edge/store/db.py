@@ -272,7 +272,8 @@ class Tx:
             "SELECT label, vector FROM faces NOT INDEXED WHERE label >= ? AND collection_id = ?",
             (min_label, collection_id),
         )
-        found, blobs = [], []
+        found: list[int] = []
+        blobs: list[bytes] = []
         while chunk := cur.fetchmany(FETCH_CHUNK):
             found.extend(label for label, _ in chunk)
             blobs.extend(blob for _, blob in chunk)
@@ -376,8 +377,8 @@ class Database:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         conn = self._connection()
-        # Both only take effect before the first table.  8 KiB pages hold three 512-d face rows where
-        # 4 KiB pages hold one (each is ~2.2 KiB), so the file is ~40% smaller.
+        # Both only take effect before the first table.  A 512-d face row is over 2 KiB: 8 KiB pages
+        # hold three where 4 KiB pages hold one, so the file is much smaller.
         conn.execute("PRAGMA page_size = 8192")
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("PRAGMA journal_mode = WAL")

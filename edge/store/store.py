@@ -507,15 +507,15 @@ class Store:
             last_seq = tx.last_face_seq(record.collection_id)
         if count > self._exact_max:
             try:
-                index, manifest = HnswIndex.load(self._directory(record), record, self._hnsw)
+                loaded, manifest = HnswIndex.load(self._directory(record), record, self._hnsw)
                 if manifest.change_seq > last_seq:
                     raise IndexInvalid(f"index covers change {manifest.change_seq}, database only {last_seq}")
-                replay = self._replay(record, index, manifest.change_seq)
-                if len(index) != count:
-                    raise IndexInvalid(f"index holds {len(index)} faces, database {count}")
+                replay = self._replay(record, loaded, manifest.change_seq)
+                if len(loaded) != count:
+                    raise IndexInvalid(f"index holds {len(loaded)} faces, database {count}")
                 recovery = Recovery("replayed", f"{replay.changes} changes") if replay.changes else Recovery("loaded")
                 return _Collection(
-                    record, index, RWLock(), replay.seq, manifest.change_seq, recovery, unpurged=replay.removed > 0
+                    record, loaded, RWLock(), replay.seq, manifest.change_seq, recovery, unpurged=replay.removed > 0
                 )
             except (IndexInvalid, OSError) as exc:
                 log.warning("index of %s not usable (%s); rebuilding from SQLite", record.collection_id, exc)

@@ -45,6 +45,12 @@ class Face:
         """Detection confidence on Rekognition's 0-100 scale."""
         return round(100.0 * self.detection.score, 4)
 
+    def vector(self) -> np.ndarray:
+        """The embedding of a face the pipeline was asked to embed."""
+        if self.embedding is None:
+            raise ValueError("this face was not embedded")
+        return self.embedding
+
     def box_side(self, image: DecodedImage) -> float:
         """The box's shorter side in the client's original pixels."""
         return float(min(self.detection.box[2], self.detection.box[3])) * image.scale

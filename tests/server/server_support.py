@@ -138,6 +138,7 @@ class Daemon:
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: Mapping[str, str] | None = None) -> Reply:
         parts = urlsplit(self.url)
+        assert parts.hostname is not None
         if self.ca_bundle is not None:
             context = ssl.create_default_context(cafile=str(self.ca_bundle))
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(

@@ -32,7 +32,7 @@ BODY = json.dumps({"CollectionId": "door"}).encode()
 def signed(*, key: AccessKey = ADMIN, secret: str | None = None, operation: str | None = "DescribeCollection",
            body: bytes = BODY, at: datetime.datetime = NOW, token: str | None = None, service: str = "rekognition",
            region: str = REGION, headers: dict[str, str] | None = None,
-           tamper: Callable[[dict[str, str]], None] | None = None, client: str = "127.0.0.1") -> HttpRequest:
+           tamper: Callable[[dict[str, str]], object] | None = None, client: str = "127.0.0.1") -> HttpRequest:
     """What the daemon receives from botocore signing this request (then `tamper` edits the headers)."""
     request = AWSRequest("POST", "http://127.0.0.1:8080/", data=body,
                          headers={"Content-Type": "application/x-amz-json-1.1", **(headers or {})})
@@ -109,10 +109,10 @@ def test_expired_and_future_dates() -> None:
 
 
 def test_missing_and_malformed_authorization() -> None:
-    def drop(name: str) -> Callable[[dict[str, str]], None]:
+    def drop(name: str) -> Callable[[dict[str, str]], object]:
         return lambda headers: headers.pop(name)
 
-    def replace(name: str, value: str) -> Callable[[dict[str, str]], None]:
+    def replace(name: str, value: str) -> Callable[[dict[str, str]], object]:
         return lambda headers: headers.__setitem__(name, value)
 
     assert isinstance(refused(signed(tamper=drop("authorization"))), errors.MissingAuthenticationTokenException)

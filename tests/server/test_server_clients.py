@@ -7,7 +7,7 @@ import datetime
 import json
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -235,9 +235,11 @@ def test_boto3_read_only_key_scope(daemon: Daemon, gallery: dict[str, list[str]]
     before = face_count(daemon, "gallery")
     assert kiosk.search_faces_by_image(CollectionId="gallery", Image=image)["FaceMatches"]
     assert kiosk.list_faces(CollectionId="gallery")["Faces"]
-    for call in (lambda: kiosk.index_faces(CollectionId="gallery", Image=image),
-                 lambda: kiosk.delete_collection(CollectionId="gallery"),
-                 lambda: kiosk.create_user(CollectionId="gallery", UserId="nobody")):
+    writes: list[Callable[[], object]] = [
+        lambda: kiosk.index_faces(CollectionId="gallery", Image=image),
+        lambda: kiosk.delete_collection(CollectionId="gallery"),
+        lambda: kiosk.create_user(CollectionId="gallery", UserId="nobody")]
+    for call in writes:
         with pytest.raises(ClientError) as raised:
             call()
         assert raised.value.response["Error"]["Code"] == "AccessDeniedException"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from store_support import DIM, MODEL, OpenStore
 
+from bench.synthetic import SyntheticFaces, new_faces
 from edge.store import (
     CollectionExists,
     CollectionNotFound,
@@ -24,7 +25,6 @@ from edge.store import (
 )
 from edge.store.index import INDEX_FILE, MANIFEST_FILE
 from edge.store.store import COLLECTIONS_DIR, DB_FILE
-from edge.store.synthetic import SyntheticFaces, new_faces
 
 SYN = SyntheticFaces(DIM, 200, seed=11)
 

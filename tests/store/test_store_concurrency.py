@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from store_support import DIM, MODEL, OpenStore
 
+from bench.synthetic import SyntheticFaces, new_faces
 from edge.store import Store
 from edge.store.index import ExactIndex
-from edge.store.synthetic import SyntheticFaces, new_faces
 
 JOIN_TIMEOUT_S = 120
 SYN = SyntheticFaces(DIM, 1000, seed=9)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from store_support import DIM, MODEL, OpenStore
 
+from bench.synthetic import SyntheticFaces, new_faces
 from edge.store import FaceNotFound, Store
 from edge.store.store import COLLECTIONS_DIR
-from edge.store.synthetic import SyntheticFaces, new_faces
 
 
 def _files_holding(state_dir: Path, vector: np.ndarray) -> list[str]:
