@@ -1,4 +1,4 @@
-"""`edge-face`: the command line of the device (evaluation, calibration, detection)."""
+"""`edge-face`: the command line of the device: the daemon, enrolment, evaluation, calibration, detection."""
 
 from __future__ import annotations
 
@@ -143,6 +143,41 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return serve(settings, state_dir=args.state_dir, host=args.host, port=args.port)
 
 
+def cmd_enroll(args: argparse.Namespace, settings: Settings) -> int:
+    """Enrol a folder of photos, resumably, and list every photo not enrolled with its reason."""
+    from rich.console import Console
+
+    from edge.cli.enroll import DaemonTarget, Journal, Refused, StateDirTarget, Target, default_journal, enroll, summary
+
+    root = Path(args.directory)
+    if not root.is_dir():
+        raise SystemExit(f"{root} is not a folder")
+    target: Target
+    if args.endpoint_url:
+        target = DaemonTarget(args.endpoint_url, profile=args.profile, region=args.region, ca_bundle=args.ca_bundle)
+    else:
+        if args.state_dir:
+            settings = settings.model_copy(update={"state_dir": Path(args.state_dir)})
+        target = StateDirTarget(settings)
+    journal = Journal(Path(args.journal) if args.journal else default_journal(target.name, args.collection_id, root))
+    console = Console()
+    try:
+        enroll(target, args.collection_id, root, journal, create=args.create_collection, console=Console(stderr=True))
+    except KeyboardInterrupt:
+        summary(journal, console)
+        console.print("interrupted: run the same command again to carry on where it stopped")
+        return 130
+    except Refused as exc:
+        summary(journal, console)
+        console.print(f"stopped: {exc}")
+        return 1
+    finally:
+        journal.close()
+        target.close()
+    summary(journal, console)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge-face", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -176,10 +211,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--port", type=int, help="port to listen on (default 8080)")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser(
+        "enroll", help="enrol a folder of photos into a collection (resumable)",
+        description="Enrol every photo of DIRECTORY into a collection. A photo directly in DIRECTORY is one face "
+        "(its ExternalImageId is the file name); a sub-folder is one person (its name is the UserId) and each of "
+        "its photos a face of that user. Through a running daemon with --endpoint-url, signed with an aws profile; "
+        "or straight into the state directory when no daemon runs. Ctrl-C or a crash loses nothing: run the same "
+        "command again and it carries on; no photo is enrolled twice. At the end, every photo not enrolled is "
+        "listed with its reason (no face, several faces, low quality, unreadable).")
+    p.add_argument("directory", help="the folder of photos (.jpg, .jpeg, .png)")
+    p.add_argument("--collection-id", required=True)
+    p.add_argument("--create-collection", action="store_true", help="create the collection if it does not exist")
+    p.add_argument("--endpoint-url", help="a running daemon, e.g. http://127.0.0.1:8080 (default: no daemon, "
+                   "write to the state directory)")
+    p.add_argument("--profile", help="the aws profile to sign with (AWS_SHARED_CREDENTIALS_FILE names the file)")
+    p.add_argument("--region", default="us-east-1")
+    p.add_argument("--ca-bundle", help="the daemon's certificate, for https")
+    p.add_argument("--state-dir", help="without --endpoint-url: the state directory (default: the daemon's)")
+    p.add_argument("--journal", help="where progress is kept (default: under ~/.local/state/edge-face/enroll)")
+    p.set_defaults(func=cmd_enroll)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     return int(args.func(args, Settings()))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
