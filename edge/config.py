@@ -88,6 +88,8 @@ class StoreSettings(BaseModel):
     checkpoint_interval_s: float = Field(default=300.0, gt=0)
     #: An HNSW index is rebuilt once this fraction of its slots holds deleted faces.
     compact_ratio: float = Field(default=0.25, gt=0, le=1)
+    #: How long the access log keeps each search decision (pruned at every checkpoint).
+    access_log_days: float = Field(default=30.0, gt=0)
 
 
 #: The one fixed port clients are told about (`--endpoint-url http://device:8080`).

@@ -178,6 +178,42 @@ def cmd_enroll(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_log(args: argparse.Namespace, settings: Settings) -> int:
+    """The access log's search decisions, as a table or JSON lines."""
+    from dataclasses import asdict
+    from datetime import datetime
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from edge.store.access_log import LOG_FILE, AccessLog
+
+    def moment(text: str | None) -> float | None:
+        return None if text is None else datetime.fromisoformat(text).timestamp()  # naive: local time
+
+    path = Path(args.state_dir or settings.state_dir) / LOG_FILE
+    if not path.exists():
+        raise SystemExit(f"no access log at {path}")
+    log = AccessLog(path, readonly=True)
+    try:
+        decisions = log.query(since=moment(args.since), until=moment(args.until), collection_id=args.collection_id,
+                              user_id=args.user_id)
+    finally:
+        log.close()
+    if args.json:
+        for d in decisions:
+            print(json.dumps({**asdict(d), "time": datetime.fromtimestamp(d.at).astimezone().isoformat()}))
+        return 0
+    table = Table("time", "operation", "key", "collection", "matched", "Similarity", "threshold")
+    for d in decisions:
+        matched = " / ".join(v for v in (d.user_id, d.external_image_id, d.face_id) if v) or "nobody"
+        table.add_row(datetime.fromtimestamp(d.at).astimezone().isoformat(timespec="seconds"), d.operation,
+                      d.key_id or "unsigned", d.collection_id, matched,
+                      "" if d.similarity is None else f"{d.similarity:.1f}", f"{d.threshold:g}")
+    Console().print(table)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge-face", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -230,6 +266,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--state-dir", help="without --endpoint-url: the state directory (default: the daemon's)")
     p.add_argument("--journal", help="where progress is kept (default: under ~/.local/state/edge-face/enroll)")
     p.set_defaults(func=cmd_enroll)
+
+    p = sub.add_parser("log", help="who was let in: the search decisions of the access log",
+                       description="Print the search decisions the device made (time, operation, access key, "
+                       "collection, the person matched or nobody, Similarity, threshold), oldest first. Times are "
+                       "ISO 8601 in local time, e.g. --since 2026-11-24T09:00 --until 2026-11-24T10:00.")
+    p.add_argument("--since", help="from this time on (inclusive)")
+    p.add_argument("--until", help="up to this time (exclusive)")
+    p.add_argument("--collection-id", help="only this collection")
+    p.add_argument("--user-id", help="only decisions that matched this user")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    p.add_argument("--state-dir", help="the daemon's state directory (default: the configured one)")
+    p.set_defaults(func=cmd_log)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from edge.rekognition.tokens import TokenSigner
 from edge.rekognition.validation import validate_request
 from edge.similarity import SimilarityCalibration
 from edge.store import Store, StoreError
+from edge.store.access_log import Decision
 from edge.store.models import FaceRecord, NewFace
 from edge.vision.image import DecodedImage
 from edge.vision.pipeline import Analysis, Face, FacePipeline, FaceSelector
@@ -36,6 +38,8 @@ MAX_DETECTED_FACES = 100
 MAX_FACES_PER_USER = 100
 DEFAULT_PAGE = 1000
 DEFAULT_SEARCH_MAX_FACES = 80
+#: Collection searches, each logged as a decision (edge.store.access_log).
+SEARCHES = frozenset({"SearchFaces", "SearchFacesByImage", "SearchUsers", "SearchUsersByImage"})
 # ImageId is derived from the image's bytes, so indexing the same image again is recognised.
 _IMAGE_NAMESPACE = uuid.UUID("6f1c3a52-8d0e-4f7b-9a51-2f4a1e0c9b77")
 
@@ -59,19 +63,25 @@ class Rekognition:
     def face_model_version(self) -> str:
         return self.pipeline.face_model_version
 
-    def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Validate and run one operation; raises `edge.errors.RekognitionError` subclasses."""
+    def call(self, operation: str, params: dict[str, Any], *, caller: str | None = None) -> dict[str, Any]:
+        """Validate and run one operation; raises `edge.errors.RekognitionError` subclasses.
+
+        `caller` is the access key that signed the request, for the access log.
+        """
         entry = OPERATIONS.get(operation)
         if entry is None:
             raise errors.InvalidParameterException(f"Operation {operation} is not supported by edge-face")
         request = validate_request(operation, params)
         try:
-            return entry.handler(self, request)
+            response = entry.handler(self, request)
         except StoreError as exc:
             mapped = api_error(exc)
             if mapped is None:
                 raise
             raise mapped from None
+        if operation in SEARCHES:
+            self.store.access_log.record(decision(operation, request, response, caller))
+        return response
 
     # collections
 
@@ -414,6 +424,18 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     Operation("SearchUsers", Rekognition.search_users, read_only=True, takes_image=False),
     Operation("SearchUsersByImage", Rekognition.search_users_by_image, read_only=True, takes_image=True),
 )}
+
+
+def decision(operation: str, request: dict[str, Any], response: dict[str, Any], caller: str | None) -> Decision:
+    """What a search decided: its best match at or above the threshold, or nobody."""
+    faces = operation.startswith("SearchFaces")
+    threshold = request.get("FaceMatchThreshold" if faces else "UserMatchThreshold", 80.0)
+    matches = response["FaceMatches" if faces else "UserMatches"]
+    best: dict[str, Any] = matches[0]["Face" if faces else "User"] if matches else {}
+    return Decision(at=time.time(), operation=operation, key_id=caller, collection_id=request["CollectionId"],
+                    face_id=best.get("FaceId"), user_id=best.get("UserId"),
+                    external_image_id=best.get("ExternalImageId"),
+                    similarity=matches[0]["Similarity"] if matches else None, threshold=threshold)
 
 
 def _match_boxes(stored: list[FaceRecord], boxes: list[dict[str, float]]) -> list[FaceRecord]:

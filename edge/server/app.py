@@ -99,9 +99,10 @@ class Daemon:
             raise errors.UnknownOperationException(
                 f"Unknown operation {request.headers.get('x-amz-target')!r} for content type {content_type!r}")
         principal.authorize(operation)
+        caller = principal.access_key_id
         if OPERATIONS[operation].takes_image:
-            return await self.pool.run(lambda worker: worker.call(operation, _parse_json(body)))
-        return await run_in_threadpool(lambda: self.rekognition.call(operation, _parse_json(body)))
+            return await self.pool.run(lambda worker: worker.call(operation, _parse_json(body), caller=caller))
+        return await run_in_threadpool(lambda: self.rekognition.call(operation, _parse_json(body), caller=caller))
 
     def close(self) -> None:
         """After in-flight requests: finish the pool's jobs, then checkpoint and unlock the store."""

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.config import StoreSettings
+from edge.store.access_log import LOG_FILE, AccessLog
 from edge.store.db import Database, Tx, page
 from edge.store.errors import (
     CollectionExists,
@@ -85,7 +86,7 @@ def open_store(state_dir: Path, settings: StoreSettings, *, autosave: bool = Tru
     """A store configured from the `store` settings section."""
     return Store(state_dir, exact_max=settings.exact_max, hnsw=HnswParams.from_settings(settings),
                  checkpoint_interval_s=settings.checkpoint_interval_s if autosave else None,
-                 compact_ratio=settings.compact_ratio)
+                 compact_ratio=settings.compact_ratio, access_log_days=settings.access_log_days)
 
 
 class Store:
@@ -103,11 +104,13 @@ class Store:
         hnsw: HnswParams = HnswParams(),  # noqa: B008 - frozen dataclass
         checkpoint_interval_s: float | None = _DEFAULTS.checkpoint_interval_s,
         compact_ratio: float = _DEFAULTS.compact_ratio,
+        access_log_days: float = _DEFAULTS.access_log_days,
     ) -> None:
         self._state_dir = state_dir
         self._exact_max = exact_max
         self._hnsw = hnsw
         self._compact_ratio = compact_ratio
+        self._access_log_s = access_log_days * 86400
         state_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _lock_directory(state_dir / LOCK_FILE)
         self._write_lock = threading.Lock()
@@ -116,6 +119,10 @@ class Store:
         try:
             self._db = Database(state_dir / DB_FILE)
             try:
+                self.access_log = AccessLog(state_dir / LOG_FILE)
+                # A crash between a deletion's commit and its log erasure leaves rows of people the store
+                # no longer holds: they go now.
+                self.access_log.forget_absent(state_dir / DB_FILE)
                 self._open_collections()
                 self.checkpoint()  # persist what recovery changed and drop erased vectors from the WAL
             except BaseException:
@@ -149,6 +156,7 @@ class Store:
             self.checkpoint()
         finally:
             self._db.close()
+            self.access_log.close()
             os.close(self._lock_fd)
             self._lock_fd = -1
 
@@ -190,6 +198,7 @@ class Store:
             with state.lock.write():
                 state.index = ExactIndex(state.record.dim)
             shutil.rmtree(self._directory(state.record), ignore_errors=True)
+            self.access_log.erase_collection(collection_id)
 
     def get_collection(self, collection_id: str) -> CollectionRecord:
         return self._state(collection_id).record
@@ -246,6 +255,7 @@ class Store:
             if doomed:
                 self._mutate(state, seq, lambda index: index.remove(labels))
                 state.unpurged = isinstance(state.index, HnswIndex)
+                self.access_log.erase_faces(collection_id, doomed)
         return FaceDeletion(
             deleted=doomed,
             not_found=[fid for fid in wanted if fid not in found],
@@ -346,6 +356,7 @@ class Store:
                 self._user(tx, collection_id, user_id)
                 tx.delete_user(collection_id, user_id)
                 tx.record_changes(collection_id, "user_deleted", [user_id])
+            self.access_log.erase_user(collection_id, user_id)
 
     def get_user(self, collection_id: str, user_id: str) -> UserRecord:
         self._state(collection_id)
@@ -370,10 +381,12 @@ class Store:
     # durability
 
     def checkpoint(self) -> None:
-        """Compact heavily-deleted indexes, save changed ones (deleted vectors zeroed), truncate the WAL.
+        """Compact heavily-deleted indexes, save changed ones (deleted vectors zeroed), truncate the WAL,
+        prune the access log to its retention.
 
         After it returns, no file under the state directory holds a vector of a deleted face.
         """
+        self.access_log.prune(self._access_log_s)
         with self._checkpoint_lock:
             for state in list(self._collections.values()):
                 index = state.index
