@@ -214,6 +214,79 @@ def cmd_log(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def device_status(state_dir: Path, ca_bundle: Path | None = None) -> dict[str, Any]:
+    """What `edge-face status` reports, as data: the daemon, its models, the store and its collections."""
+    import shutil
+    import ssl
+    import urllib.request
+
+    from edge.server import status
+    from edge.store import inspect
+
+    running = inspect.in_use(state_dir)
+    published = status.read(state_dir) if running else None
+    daemon: dict[str, Any] = {"running": running}
+    if published is not None:
+        daemon.update(pid=published["pid"], started_at=published["started_at"], endpoint=published["endpoint"])
+        try:
+            context = ssl.create_default_context(cafile=str(ca_bundle)) if ca_bundle else None
+            with urllib.request.urlopen(published["endpoint"] + "/readyz", timeout=5, context=context) as reply:
+                daemon["ready"] = json.loads(reply.read()).get("status") == "ready"
+        except (OSError, ValueError):
+            daemon["ready"] = False
+    collections = inspect.collections(state_dir)
+    free = shutil.disk_usage(state_dir).free if state_dir.exists() else None
+    return {
+        "state_dir": str(state_dir),
+        "daemon": daemon,
+        "pipeline": published["pipeline"] if published else None,
+        "index_recovery": published["recovery"] if published else None,
+        "store": {"collections": len(collections), "faces": sum(c.faces for c in collections),
+                  "users": sum(c.users for c in collections),
+                  "disk_bytes": inspect.disk_use(state_dir) if state_dir.exists() else 0, "free_bytes": free},
+        "collections": [{"collection_id": c.collection_id, "faces": c.faces, "users": c.users,
+                         "face_model_version": c.face_model_version} for c in collections],
+        "sync": None,
+    }
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    """The device at a glance: daemon, models, store, collections; --json for scripts."""
+    from datetime import datetime
+
+    from rich.console import Console
+    from rich.table import Table
+
+    report = device_status(Path(args.state_dir or settings.state_dir), settings.server.tls_cert)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    console = Console()
+    daemon, store, pipeline = report["daemon"], report["store"], report["pipeline"]
+    if not daemon["running"]:
+        console.print("daemon     not running")
+    elif "pid" in daemon:
+        since = datetime.fromtimestamp(daemon["started_at"]).astimezone().isoformat(timespec="seconds")
+        console.print(f"daemon     running (pid {daemon['pid']}, since {since}) at {daemon['endpoint']}, "
+                      + ("ready" if daemon["ready"] else "NOT READY"))
+    else:
+        console.print("daemon     running, still starting (models loading or store recovering)")
+    if pipeline:
+        console.print(f"models     {pipeline['embedder']} (FaceModelVersion {pipeline['face_model_version']}), "
+                      f"{pipeline['precision']} on {pipeline['backend']}, flip {pipeline['flip_augment']}, "
+                      f"detector {pipeline['detector']}")
+    free = "" if store["free_bytes"] is None else f", {store['free_bytes'] / 1e9:.1f} GB free"
+    console.print(f"store      {report['state_dir']}: {store['collections']} collections, {store['faces']} faces, "
+                  f"{store['users']} users; {store['disk_bytes'] / 1e6:.1f} MB on disk{free}")
+    console.print("sync       not configured (local collections only)")
+    if report["collections"]:
+        table = Table("collection", "faces", "users", "FaceModelVersion")
+        for c in report["collections"]:
+            table.add_row(c["collection_id"], str(c["faces"]), str(c["users"]), c["face_model_version"])
+        console.print(table)
+    return 0 if not daemon["running"] or daemon.get("ready", False) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge-face", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -278,6 +351,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     p.add_argument("--state-dir", help="the daemon's state directory (default: the configured one)")
     p.set_defaults(func=cmd_log)
+
+    p = sub.add_parser("status", help="the device at a glance: daemon, models, store, collections",
+                       description="Whether the daemon runs and is ready, which models it runs on which backend and "
+                       "precision, the collections with their face and user counts, disk use. Exits 1 when a "
+                       "running daemon is not ready.")
+    p.add_argument("--state-dir", help="the daemon's state directory (default: the configured one)")
+    p.add_argument("--json", action="store_true", help="the same as JSON, for scripts")
+    p.set_defaults(func=cmd_status)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)

@@ -34,6 +34,7 @@ from edge.server.auth import Authenticator, HttpRequest, is_loopback
 from edge.server.credentials import CREDENTIALS_FILE, load_or_create_keys
 from edge.server.metrics import Metrics
 from edge.server.pool import InferencePool
+from edge.server.status import local_url, publish, withdraw
 from edge.store import open_store
 from edge.vision.pipeline import FacePipeline
 from edge.vision.runtime import default_threads
@@ -82,6 +83,8 @@ class Daemon:
         # Operations without an image never touch a pipeline, so any worker's facade serves them.
         self.rekognition = workers[0]
         metrics.watch(self.store, lambda: self.pool.admitted)
+        publish(settings.state_dir, settings.server, self.rekognition.pipeline.info,
+                {cid: r.kind for cid, r in self.store.recovery.items()})
         log.info("ready: state %s, %d inference workers, queue %d", settings.state_dir, size,
                  settings.server.queue_size)
 
@@ -106,6 +109,7 @@ class Daemon:
 
     def close(self) -> None:
         """After in-flight requests: finish the pool's jobs, then checkpoint and unlock the store."""
+        withdraw(self.settings.state_dir)
         try:
             self.pool.close()
         finally:
@@ -240,13 +244,11 @@ def serve(settings: Settings, *, state_dir: str | None = None, host: str | None 
 def usage_hint(settings: Settings) -> str:
     """How a client uses the credentials file, with this daemon's endpoint filled in."""
     server = settings.server
-    host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
-    scheme = "https" if server.tls_cert else "http"
     ca = f" --ca-bundle {server.tls_cert}" if server.tls_cert else ""
     credentials = settings.state_dir / CREDENTIALS_FILE
     return (f"profiles 'admin' and 'kiosk' (read-only) are in {credentials}; try\n"
             f"  AWS_SHARED_CREDENTIALS_FILE={credentials} aws --profile admin --region us-east-1 "
-            f"--endpoint-url {scheme}://{host}:{server.port}{ca} rekognition list-collections")
+            f"--endpoint-url {local_url(server)}{ca} rekognition list-collections")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
