@@ -206,8 +206,8 @@ def cmd_log(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     table = Table("time", "operation", "key", "collection", "matched", "Similarity", "threshold")
     for d in decisions:
-        matched = " / ".join(v for v in (d.user_id, d.external_image_id, d.face_id) if v) or "nobody"
-        table.add_row(datetime.fromtimestamp(d.at).astimezone().isoformat(timespec="seconds"), d.operation,
+        matched = " / ".join(v for v in (d.user_id, d.external_image_id) if v) or d.face_id or "nobody"
+        table.add_row(datetime.fromtimestamp(d.at).strftime("%Y-%m-%d %H:%M:%S"), d.operation,
                       d.key_id or "unsigned", d.collection_id, matched,
                       "" if d.similarity is None else f"{d.similarity:.1f}", f"{d.threshold:g}")
     Console().print(table)

@@ -260,9 +260,11 @@ def summary(journal: Journal, console: Console) -> None:
     console.print(f"{enrolled} photos enrolled, {len(refused)} not enrolled (journal: {journal.path})")
     if not refused:
         return
-    table = Table("photo", "why not", "reason")
+    table = Table("photo", "why not", "Rekognition's reason")
     for outcome in sorted(refused, key=lambda o: o.key):
-        table.add_row(outcome.key, _category(outcome.reason or ""), outcome.reason or "")
+        reason = outcome.reason or ""
+        category = _category(reason)
+        table.add_row(outcome.key, category, "" if reason == category else reason)
     console.print(table)
 
 
