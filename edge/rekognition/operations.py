@@ -26,7 +26,7 @@ from edge.rekognition.tokens import TokenSigner
 from edge.rekognition.validation import validate_request
 from edge.similarity import SimilarityCalibration
 from edge.store import Store, StoreError
-from edge.store.models import FaceRecord, NewFace
+from edge.store.models import BoundingBox, FaceRecord, NewFace
 from edge.vision.image import DecodedImage
 from edge.vision.pipeline import Analysis, Face, FacePipeline, FaceSelector
 from edge.vision.quality import QualityFilter, filter_reasons
@@ -38,6 +38,8 @@ DEFAULT_PAGE = 1000
 DEFAULT_SEARCH_MAX_FACES = 80
 # ImageId is derived from the image's bytes, so indexing the same image again is recognised.
 _IMAGE_NAMESPACE = uuid.UUID("6f1c3a52-8d0e-4f7b-9a51-2f4a1e0c9b77")
+#: The same bytes give the same boxes; half an overlap still pairs a face detected with other settings.
+SAME_FACE_IOU = 0.5
 
 
 class Rekognition:
@@ -97,7 +99,7 @@ class Rekognition:
     def list_collections(self, p: dict[str, Any]) -> dict[str, Any]:
         # Collection ids can be longer than a token holds, so collections page by position.
         offset = int(self._open_token("ListCollections", p)) if p.get("NextToken") else 0
-        limit = p.get("MaxResults") or DEFAULT_PAGE
+        limit = p.get("MaxResults", DEFAULT_PAGE)  # 0 is allowed by the API model: a page of nothing
         records, _ = self.store.list_collections(limit=offset + limit + 1)
         chunk = records[offset:offset + limit]
         out: dict[str, Any] = {"CollectionIds": [r.collection_id for r in chunk],
@@ -129,19 +131,22 @@ class Rekognition:
                 unindexed.append({"Reasons": reasons, "FaceDetail": self._detail(analysis, face, all_attributes)})
             else:
                 kept.append(face)
+        # Rekognition stores no duplicate metadata for an image indexed again (same bytes and
+        # ExternalImageId): a face stored before keeps its FaceId; any other face is new.
         previous = [f for f in self.store.find_faces_by_image(cid, image_id=image_id)
                     if f.external_image_id == external]
-        if previous:
-            stored = _match_boxes(previous, [shapes.bounding_box(analysis.image, f.detection.box) for f in kept])
-        else:
-            stored = self.store.add_faces(cid, [
-                NewFace(vector=f.embedding, image_id=image_id, external_image_id=external,
-                        bounding_box=shapes.stored_box(shapes.bounding_box(analysis.image, f.detection.box)),
-                        confidence=f.confidence)
-                for f in kept], model_version=record.face_model_version)
+        boxes = [shapes.bounding_box(analysis.image, f.detection.box) for f in kept]
+        matched = _match_boxes(previous, boxes)
+        new = [i for i, found in enumerate(matched) if found is None]
+        added = self.store.add_faces(cid, [
+            NewFace(vector=kept[i].embedding, image_id=image_id, external_image_id=external,
+                    bounding_box=shapes.stored_box(boxes[i]), confidence=kept[i].confidence)
+            for i in new], model_version=record.face_model_version)
+        stored = dict(zip(new, added, strict=True))
         return {
-            "FaceRecords": [{"Face": shapes.face(rec), "FaceDetail": self._detail(analysis, f, all_attributes)}
-                            for rec, f in zip(stored, kept, strict=True)],
+            "FaceRecords": [{"Face": shapes.face(found or stored[i]),
+                             "FaceDetail": self._detail(analysis, f, all_attributes)}
+                            for i, (found, f) in enumerate(zip(matched, kept, strict=True))],
             "FaceModelVersion": record.face_model_version,
             "UnindexedFaces": unindexed,
         }
@@ -152,8 +157,11 @@ class Rekognition:
         face_ids = p.get("FaceIds")
         scope = "ListFaces:" + json.dumps([cid, p.get("UserId"), face_ids])
         after = self._open_token(scope, p) if p.get("NextToken") else None
-        faces, last = self.store.list_faces(cid, after=after, limit=p.get("MaxResults") or DEFAULT_PAGE,
+        limit = p.get("MaxResults", DEFAULT_PAGE)
+        faces, last = self.store.list_faces(cid, after=after, limit=max(limit, 1),
                                             user_id=p.get("UserId"), face_ids=face_ids)
+        if limit == 0:  # allowed by the API model: a page of nothing, resuming where it stands
+            faces, last = [], (after or "") if faces else None
         out: dict[str, Any] = {"Faces": [shapes.face(f) for f in faces], "FaceModelVersion": record.face_model_version}
         if last is not None:
             out["NextToken"] = self._tokens.issue(scope, last)
@@ -416,11 +424,29 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
 )}
 
 
-def _match_boxes(stored: list[FaceRecord], boxes: list[dict[str, float]]) -> list[FaceRecord]:
-    """Pair faces indexed earlier from the same image with this analysis' faces, by box position."""
-    out = []
-    for box in boxes:
-        centre = (box["Left"] + box["Width"] / 2, box["Top"] + box["Height"] / 2)
-        out.append(min(stored, key=lambda f: (f.bounding_box.left + f.bounding_box.width / 2 - centre[0]) ** 2
-                       + (f.bounding_box.top + f.bounding_box.height / 2 - centre[1]) ** 2))
+def _match_boxes(stored: list[FaceRecord], boxes: list[dict[str, float]]) -> list[FaceRecord | None]:
+    """Pair this analysis' faces with the faces stored earlier from the same image, one to one.
+
+    Pairs are taken best overlap first; a face that overlaps no unpaired stored face by
+    `SAME_FACE_IOU` was not stored before (None), so one FaceId never stands for two faces.
+    """
+    pairs = sorted(((_iou(box, record.bounding_box), i, j) for i, box in enumerate(boxes)
+                    for j, record in enumerate(stored)), reverse=True)
+    out: list[FaceRecord | None] = [None] * len(boxes)
+    taken: set[int] = set()
+    for iou, i, j in pairs:
+        if iou < SAME_FACE_IOU:
+            break
+        if out[i] is None and j not in taken:
+            out[i] = stored[j]
+            taken.add(j)
     return out
+
+
+def _iou(box: dict[str, float], other: BoundingBox) -> float:
+    """Intersection over union of two boxes in image ratios."""
+    width = min(box["Left"] + box["Width"], other.left + other.width) - max(box["Left"], other.left)
+    height = min(box["Top"] + box["Height"], other.top + other.height) - max(box["Top"], other.top)
+    inter = max(0.0, width) * max(0.0, height)
+    union = box["Width"] * box["Height"] + other.width * other.height - inter
+    return inter / union if union > 0 else 0.0
