@@ -6,6 +6,7 @@ power loss, not only kill -9; secure_delete=ON overwrites deleted rows (face vec
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -17,6 +18,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from edge.files import FILE_MODE
 from edge.store.errors import StoreError
 from edge.store.index import Labels
 from edge.store.models import BoundingBox, CollectionRecord, FaceRecord, NewFace, UserRecord, Vector
@@ -375,6 +377,10 @@ class Database:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        # SQLite gives its -wal and -shm files the database file's mode: making it 0600 first makes all three
+        # private whatever the umask.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+        os.chmod(path, FILE_MODE)
         conn = self._connection()
         # Both only take effect before the first table.  8 KiB pages hold three 512-d face rows where
         # 4 KiB pages hold one (each is ~2.2 KiB), so the file is ~40% smaller.

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.config import StoreSettings
+from edge.files import FILE_MODE, make_private, private_directory
 from edge.store.db import Database, Tx, page
 from edge.store.errors import (
     CollectionExists,
@@ -108,8 +109,11 @@ class Store:
         self._exact_max = exact_max
         self._hnsw = hnsw
         self._compact_ratio = compact_ratio
-        state_dir.mkdir(parents=True, exist_ok=True)
+        private_directory(state_dir)
         self._lock_fd = _lock_directory(state_dir / LOCK_FILE)
+        opened = _make_private(state_dir)
+        if opened:
+            log.warning("made private (they were open to other users): %s", ", ".join(opened))
         self._write_lock = threading.Lock()
         self._checkpoint_lock = threading.Lock()
         self._collections: dict[str, _Collection] = {}
@@ -563,8 +567,19 @@ class Store:
                 log.exception("periodic checkpoint failed")
 
 
+def _make_private(state_dir: Path) -> list[str]:
+    """Tighten the store's own files and directories (0600/0700) where an older version or a umask left
+    them open; returns what was changed. Secrets beside them (keys) are refused instead, by their owner."""
+    ours = [state_dir, *(state_dir / f"{DB_FILE}{suffix}" for suffix in ("", "-wal", "-shm", "-journal"))]
+    collections = state_dir / COLLECTIONS_DIR
+    if collections.is_dir():
+        ours += [collections, *collections.rglob("*")]
+    return [str(path.relative_to(state_dir)) for path in ours if path.exists() and make_private(path)]
+
+
 def _lock_directory(path: Path) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
