@@ -70,6 +70,8 @@ class ServiceSettings(BaseModel):
     #: S3Object images are read from local directories: bucket name -> directory (kiosks drop
     #: snapshots on disk). An unmapped bucket or a missing key is InvalidS3ObjectException.
     buckets: dict[str, Path] = {}
+    #: How long the answer to a ClientRequestToken is kept: a retry within it gets the same answer.
+    request_token_ttl_s: float = Field(default=86400.0, gt=0)
 
 
 class StoreSettings(BaseModel):
@@ -88,6 +90,12 @@ class StoreSettings(BaseModel):
     checkpoint_interval_s: float = Field(default=300.0, gt=0)
     #: An HNSW index is rebuilt once this fraction of its slots holds deleted faces.
     compact_ratio: float = Field(default=0.25, gt=0, le=1)
+    #: How long the change log keeps a row (a future sync reads it); rows that recovery still needs stay
+    #: longer, and rows naming a deleted user or collection go at once.
+    change_log_retention_s: float = Field(default=7 * 86400.0, ge=0)
+    #: Disk space held in a file of zeros for erasures, released when a deletion finds the disk full;
+    #: with less than this free, /readyz reports the store unwritable.
+    reserve_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
 
 
 #: The one fixed port clients are told about (`--endpoint-url http://device:8080`).

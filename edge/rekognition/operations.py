@@ -9,6 +9,7 @@ against Rekognition's own API model and maps the store's refusals through `error
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import uuid
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ from edge.rekognition import shapes
 from edge.rekognition.error_map import api_error
 from edge.rekognition.images import ImageSource
 from edge.rekognition.tokens import TokenSigner
-from edge.rekognition.validation import validate_request
+from edge.rekognition.validation import idempotency_token, validate_request
 from edge.similarity import SimilarityCalibration
 from edge.store import Store, StoreError
 from edge.store.models import BoundingBox, FaceRecord, NewFace
@@ -51,6 +52,7 @@ class Rekognition:
         self.settings = settings
         self._images = ImageSource(settings.buckets)
         self._tokens = TokenSigner(secret)
+        self._secret = secret
         similarity = pipeline.embedder.similarity
         if similarity is None:
             raise RuntimeError(f"face model {pipeline.face_model_version} has no similarity calibration: "
@@ -67,8 +69,12 @@ class Rekognition:
         if entry is None:
             raise errors.InvalidParameterException(f"Operation {operation} is not supported by edge-face")
         request = validate_request(operation, params)
+        member = idempotency_token(operation)
+        token = request.pop(member, None) if member else None
         try:
-            return entry.handler(self, request)
+            if token is None:
+                return entry.handler(self, request)
+            return self._once(operation, token, request, lambda: entry.handler(self, request))
         except StoreError as exc:
             mapped = api_error(exc)
             if mapped is None:
@@ -86,7 +92,7 @@ class Rekognition:
 
     def delete_collection(self, p: dict[str, Any]) -> dict[str, Any]:
         self.store.delete_collection(p["CollectionId"])
-        self.store.checkpoint()  # the erased vectors leave the write-ahead log now, not at the next save
+        self.store.erase()  # its vectors and ids leave every file now, not at the next save
         return {"StatusCode": 200}
 
     def describe_collection(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -171,7 +177,7 @@ class Rekognition:
         cid = p["CollectionId"]
         result = self.store.delete_faces(cid, p["FaceIds"])
         if result.deleted:
-            self.store.checkpoint()  # no file keeps a deleted vector once DeleteFaces has answered
+            self.store.erase()  # no file keeps a deleted vector once DeleteFaces has answered
         associated = {f.face_id: f.user_id for f in self.store.list_faces(
             cid, face_ids=result.user_associated, limit=len(result.user_associated) or 1)[0]}
         unsuccessful = [{"FaceId": fid, "Reasons": ["FACE_NOT_FOUND"]} for fid in result.not_found]
@@ -240,6 +246,7 @@ class Rekognition:
 
     def delete_user(self, p: dict[str, Any]) -> dict[str, Any]:
         self.store.delete_user(p["CollectionId"], p["UserId"])
+        self.store.erase()  # no file keeps the UserId once DeleteUser has answered
         return {}
 
     def list_users(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -389,6 +396,22 @@ class Rekognition:
 
     def _open_token(self, scope: str, p: dict[str, Any]) -> str:
         return self._tokens.open(scope, p["NextToken"])
+
+    def _once(self, operation: str, token: str, request: dict[str, Any],
+              run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run an operation with a ClientRequestToken once: a retry with the same token and parameters gets
+        the first answer, other parameters IdempotentParameterMismatchException. Only keyed hashes of the
+        token and the parameters are stored, so no UserId outlives its user in them."""
+        key = self._digest(b"token", token.encode())
+        fingerprint = self._digest(b"request", json.dumps([operation, request], sort_keys=True).encode())
+        answer = self.store.run_once(key, fingerprint, request.get("CollectionId", ""),
+                                     self.settings.request_token_ttl_s, lambda: json.dumps(run()))
+        result: dict[str, Any] = json.loads(answer)
+        return result
+
+    def _digest(self, label: bytes, message: bytes) -> str:
+        return hmac.new(self._secret, b"edge-face ClientRequestToken v1\0" + label + b"\0" + message,
+                        hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from server_support import running_daemon, start_daemon
+from server_support import Daemon, running_daemon, start_daemon
 
 from edge.rekognition.tokens import TOKEN_KEY_FILE
 from edge.server.credentials import CREDENTIALS_FILE, KEYS_FILE
@@ -54,3 +54,25 @@ def test_a_state_directory_found_open_is_tightened(tmp_path: Path, people: list[
     (state / CREDENTIALS_FILE).chmod(0o644)
     with pytest.raises(RuntimeError, match="accessible by other users"):
         start_daemon(state)
+
+
+def _holding(state: Path, text: str) -> list[str]:
+    needle = text.encode()
+    return [p.name for p in state.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_deleted_user_ids_and_external_image_ids_leave_no_byte_on_disk(daemon: Daemon,
+                                                                       people: list[list[Path]]) -> None:
+    """Through boto3 (which sends a ClientRequestToken with every user call): DeleteUser, then DeleteFaces."""
+    client = daemon.client()
+    client.create_collection(CollectionId="erasure")
+    user, external = "staff-4711-Jane-Roe", "visitor-Jane-Roe-0001.jpg"
+    face = client.index_faces(CollectionId="erasure", Image={"Bytes": people[1][0].read_bytes()},
+                              ExternalImageId=external, MaxFaces=1)["FaceRecords"][0]["Face"]["FaceId"]
+    client.create_user(CollectionId="erasure", UserId=user)
+    client.associate_faces(CollectionId="erasure", UserId=user, FaceIds=[face])
+    assert _holding(daemon.state_dir, user) and _holding(daemon.state_dir, external)  # the scan sees them
+    client.delete_user(CollectionId="erasure", UserId=user)
+    assert _holding(daemon.state_dir, user) == []
+    client.delete_faces(CollectionId="erasure", FaceIds=[face])
+    assert _holding(daemon.state_dir, external) == []
