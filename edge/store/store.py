@@ -165,6 +165,7 @@ class Store:
             os.close(self._lock_fd)
             raise
         self._stop = threading.Event()
+        self._nudge = threading.Event()
         self._autosave: threading.Thread | None = None
         if checkpoint_interval_s is not None:
             self._autosave = threading.Thread(
@@ -183,6 +184,7 @@ class Store:
         if self._lock_fd < 0:
             return
         self._stop.set()
+        self._nudge.set()
         if self._autosave is not None:
             self._autosave.join()
         try:
@@ -462,6 +464,7 @@ class Store:
             self.checkpoint(busy_timeout_ms=ERASE_BUSY_TIMEOUT_MS)
         except (CheckpointBlocked, StoreUnwritable) as exc:
             log.warning("erasure not finished (%s): it is retried in the background", exc)
+            self._nudge.set()
             return False
         return True
 
@@ -725,16 +728,22 @@ class Store:
 
     def _autosave_loop(self, interval_s: float) -> None:
         wait = interval_s
-        while not self._stop.wait(wait):
+        while not self._stop.is_set():
+            if self._nudge.wait(wait):  # an erasure was left unfinished: retry it soon, not at the interval
+                self._nudge.clear()
+                wait = ERASE_RETRY_S
+                continue
             try:
                 self.checkpoint()
             except (CheckpointBlocked, StoreUnwritable) as exc:
                 log.warning("checkpoint not finished: %s", exc)
             except Exception:
                 log.exception("periodic checkpoint failed")
-            # An erasure still owed is retried soon, backing off while whatever blocks it lasts.
-            wait = min(interval_s, ERASE_RETRY_S if wait >= interval_s else 2 * wait) if self._erasure_due \
-                else interval_s
+            # An erasure still owed is retried, backing off while whatever blocks it lasts.
+            if not self._erasure_due:
+                wait = interval_s
+            else:
+                wait = ERASE_RETRY_S if wait >= interval_s else min(interval_s, 2 * wait)
 
 
 def _make_private(state_dir: Path) -> list[str]:

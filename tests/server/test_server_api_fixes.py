@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import re
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
-from server_support import Daemon, running_daemon
+from server_support import CONTENT_TYPE, REGION, Daemon, running_daemon
+
+from edge.server.credentials import AccessKey
 
 
 def test_reindexing_an_image_with_a_larger_max_faces_stores_the_face_left_out(daemon: Daemon, misc: Path) -> None:
@@ -82,3 +90,61 @@ def test_client_request_tokens_survive_a_restart(tmp_path: Path) -> None:
         answer = second.client().create_user(CollectionId="door", UserId="kept",
                                              ClientRequestToken="made-before-restart")
         assert answer["ResponseMetadata"]["HTTPStatusCode"] == 200
+
+
+def _signed_for(daemon: Daemon, url: str, operation: str, body: bytes, key: AccessKey) -> dict[str, str]:
+    """Headers botocore signs for `url` (Host included), to send to the daemon as they are."""
+    request = AWSRequest("POST", url, data=body, headers={
+        "Content-Type": CONTENT_TYPE, "X-Amz-Target": f"RekognitionService.{operation}"})
+    SigV4Auth(Credentials(key.access_key_id, key.secret_access_key), "rekognition", REGION).add_auth(request)
+    return {"Host": urlsplit(url).netloc, **request.prepare().headers}
+
+
+def test_a_request_signed_for_another_host_is_refused(daemon: Daemon) -> None:
+    """A signature captured on its way to AWS (or another device) is not valid here."""
+    key, body = daemon.key(), b"{}"
+    port = urlsplit(daemon.url).port
+    elsewhere = daemon.request("POST", "/", body, _signed_for(
+        daemon, "https://rekognition.us-east-1.amazonaws.com/", "ListCollections", body, key))
+    assert (elsewhere.status, elsewhere.code) == (400, "InvalidSignatureException")
+    assert "not a name of this device" in elsewhere.json["message"]
+    for url in (daemon.url, f"http://localhost:{port}", f"http://{socket.gethostname()}:{port}"):
+        assert daemon.request("POST", "/", body, _signed_for(daemon, url + "/", "ListCollections", body,
+                                                             key)).status == 200, url
+
+
+def test_failed_logins_are_logged_without_signatures_and_counted(daemon: Daemon) -> None:
+    key = daemon.key()
+    forged = AccessKey(profile="x", access_key_id=key.access_key_id, secret_access_key="w" * 40, scope="admin")
+    logged = daemon.log.stat().st_size
+    signatures = set()
+    for _ in range(30):
+        headers = _signed_for(daemon, daemon.url + "/", "ListCollections", b"{}", forged)
+        signatures.add(headers["Authorization"].rpartition("Signature=")[2])
+        reply = daemon.request("POST", "/", b"{}", headers)
+        assert (reply.status, reply.code) == (400, "InvalidSignatureException")
+    lines = [line for line in daemon.log.read_text()[logged:].splitlines() if "refused a request" in line]
+    assert 1 <= len(lines) <= 10  # rate-limited
+    assert f"key {key.access_key_id} from 127.0.0.1: InvalidSignatureException" in lines[0]
+    assert not any(signature in line for line in lines for signature in signatures)
+    metrics = daemon.request("GET", "/metrics").body.decode()
+    counted = re.search(r'^edge_face_auth_failures_total\{code="InvalidSignatureException"\} (\S+)', metrics, re.M)
+    assert counted and float(counted.group(1)) >= 30
+
+
+def test_metrics_and_readiness_detail_only_for_admin_signatures_when_configured(tmp_path: Path) -> None:
+    env = {"EDGE_FACE_SERVER__METRICS_ACCESS": "signed", "EDGE_FACE_SERVER__METRICS_COLLECTION_NAMES": "true"}
+    with running_daemon(tmp_path / "state", env=env) as daemon:
+        daemon.client().create_collection(CollectionId="lobby")
+        assert daemon.request("GET", "/healthz").status == 200  # always open
+        refused = daemon.request("GET", "/metrics")
+        assert (refused.status, refused.code) == (403, "AccessDeniedException")
+        assert daemon.request("GET", "/readyz").json == {"status": "ready"}  # no detail
+        for profile, status in (("kiosk", 403), ("admin", 200)):
+            key = daemon.key(profile)
+            request = AWSRequest("GET", daemon.url + "/metrics")
+            SigV4Auth(Credentials(key.access_key_id, key.secret_access_key), "rekognition", REGION).add_auth(request)
+            reply = daemon.request("GET", "/metrics", headers={"Host": urlsplit(daemon.url).netloc,
+                                                               **request.prepare().headers})
+            assert reply.status == status, profile
+        assert 'edge_face_collection_faces{collection="lobby"} 0.0' in reply.body.decode()
