@@ -70,6 +70,8 @@ class ServiceSettings(BaseModel):
     #: S3Object images are read from local directories: bucket name -> directory (kiosks drop
     #: snapshots on disk). An unmapped bucket or a missing key is InvalidS3ObjectException.
     buckets: dict[str, Path] = {}
+    #: How long the answer to a ClientRequestToken is kept: a retry within it gets the same answer.
+    request_token_ttl_s: float = Field(default=86400.0, gt=0)
 
 
 class StoreSettings(BaseModel):
@@ -90,6 +92,12 @@ class StoreSettings(BaseModel):
     compact_ratio: float = Field(default=0.25, gt=0, le=1)
     #: How long the access log keeps each search decision (pruned at every checkpoint).
     access_log_days: float = Field(default=30.0, gt=0)
+    #: How long the change log keeps a row (a future sync reads it); rows that recovery still needs stay
+    #: longer, and rows naming a deleted user or collection go at once.
+    change_log_retention_s: float = Field(default=7 * 86400.0, ge=0)
+    #: Disk space held in a file of zeros for erasures, released when a deletion finds the disk full;
+    #: with less than this free, /readyz reports the store unwritable.
+    reserve_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
 
 
 #: The one fixed port clients are told about (`--endpoint-url http://device:8080`).
@@ -123,6 +131,20 @@ class ServerSettings(BaseModel):
     clock_skew_s: int = Field(default=300, ge=1)
     #: How long in-flight requests may take to finish on SIGTERM before they are cut off.
     shutdown_timeout_s: int = Field(default=30, ge=1)
+    #: Host names requests may be signed for; None: the device's own (listen and connected address, host
+    #: name, name.local, FQDN, localhost on loopback, the TLS certificate's names).
+    allowed_hosts: list[str] | None = None
+    #: Who may read /metrics and /readyz's detail: loopback clients, or requests signed by an admin key.
+    metrics_access: Literal["loopback", "signed"] = "loopback"
+    #: Label face counts by collection id in /metrics (ids can name sites or customers).
+    metrics_collection_names: bool = False
+    #: Connections held at once. Beyond it the one idle longest (no request in progress) is closed to make
+    #: room, or the newcomer gets 503 when all are busy. The unit's LimitNOFILE must exceed it.
+    max_connections: int = Field(default=1024, ge=1)
+    #: A connection must send a request's complete headers within this, from its start or its last answer.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    #: A request's body must arrive in full within this after its headers (a 7 MB image at 1 Mbit/s: 56 s).
+    body_timeout_s: float = Field(default=120.0, gt=0)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerSettings:

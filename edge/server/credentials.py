@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge.files import write_private
+from edge.files import check_private, write_private
 
 Scope = Literal["admin", "read-only"]
 KEYS_FILE = "keys.json"
@@ -51,7 +51,7 @@ class _KeyFile(BaseModel):
 def load_or_create_keys(state_dir: Path) -> tuple[dict[str, AccessKey], bool]:
     """The daemon's keys by access key id, and whether they were just made (then `credentials` is new too).
 
-    A `keys.json` that others may read is refused, as ssh refuses a world-readable private key.
+    A `keys.json` or `credentials` that others may read is refused, as ssh refuses a world-readable private key.
     """
     path = state_dir / KEYS_FILE
     if not path.exists():
@@ -60,9 +60,9 @@ def load_or_create_keys(state_dir: Path) -> tuple[dict[str, AccessKey], bool]:
         write_private(state_dir / CREDENTIALS_FILE, credentials_text(keys))
         write_private(path, _KeyFile(keys=keys).model_dump_json(indent=2) + "\n")
         return {k.access_key_id: k for k in keys}, True
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise PermissionError(f"{path} is accessible by other users (mode {mode:04o}): chmod 600 it")
+    for secret in (path, state_dir / CREDENTIALS_FILE):
+        if secret.exists():
+            check_private(secret)
     keys = _KeyFile.model_validate(json.loads(path.read_text())).keys
     return {k.access_key_id: k for k in keys}, False
 

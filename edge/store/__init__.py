@@ -1,13 +1,16 @@
 """Durable face collections: SQLite as the source of truth plus a per-collection vector index."""
 
 from edge.store.errors import (
+    CheckpointBlocked,
     CollectionExists,
     CollectionNotFound,
     FaceModelMismatch,
     FaceNotFound,
     InvalidVector,
+    RequestMismatch,
     StoreError,
     StoreLocked,
+    StoreUnwritable,
     UserExists,
     UserNotFound,
 )
@@ -23,10 +26,11 @@ from edge.store.models import (
     SearchHit,
     UserRecord,
 )
-from edge.store.store import Store, open_store
+from edge.store.store import Store, StoreHealth, open_store
 
 __all__ = [
     "BoundingBox",
+    "CheckpointBlocked",
     "CollectionExists",
     "CollectionNotFound",
     "CollectionRecord",
@@ -39,10 +43,13 @@ __all__ = [
     "InvalidVector",
     "NewFace",
     "Recovery",
+    "RequestMismatch",
     "SearchHit",
     "Store",
     "StoreError",
+    "StoreHealth",
     "StoreLocked",
+    "StoreUnwritable",
     "UserExists",
     "UserNotFound",
     "UserRecord",

@@ -6,6 +6,7 @@ power loss, not only kill -9; secure_delete=ON overwrites deleted rows (face vec
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -17,11 +18,12 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from edge.store.errors import StoreError
+from edge.files import FILE_MODE
+from edge.store.errors import CheckpointBlocked, StoreError, storage_error
 from edge.store.index import Labels
 from edge.store.models import BoundingBox, CollectionRecord, FaceRecord, NewFace, UserRecord, Vector
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 FETCH_CHUNK = 50_000
 
@@ -36,6 +38,23 @@ ChangeKind = Literal[
     "face_disassociated",
 ]
 FACE_CHANGES: tuple[ChangeKind, ChangeKind] = ("face_added", "face_deleted")
+#: object_id of a change whose subject was erased (a deleted user is named nowhere any more).
+ERASED = ""
+
+# Version 2: answers of idempotent calls by ClientRequestToken. key and fingerprint are keyed hashes
+# of the token and of the parameters; the answer is kept as given and forgotten, with the rest, when a
+# user it names or its collection is deleted.
+# meta holds scrubbed_seq: the change up to which deletions have been scrubbed from the files (VACUUM).
+_REQUESTS = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE requests (
+    key TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    collection_id TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
 
 _SCHEMA = f"""
 CREATE TABLE collections (
@@ -79,7 +98,8 @@ CREATE TABLE users (
 ) WITHOUT ROWID;
 
 -- label: for face changes, so a deletion can be replayed into an index after its row is gone.
--- user_id: for (dis)association changes.
+-- user_id: for (dis)association changes. Rows naming a user go when the user does (object_id of the
+-- user_deleted row is empty); a deleted collection leaves only its collection_deleted row.
 CREATE TABLE changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     collection_id TEXT NOT NULL,
@@ -90,7 +110,7 @@ CREATE TABLE changes (
     at REAL NOT NULL
 );
 CREATE INDEX changes_by_collection ON changes (collection_id, seq);
-
+{_REQUESTS}
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
@@ -161,7 +181,8 @@ class Tx:
         return [CollectionRecord(*row) for row in rows]
 
     def delete_collection(self, collection_id: str) -> None:
-        for table in ("faces", "users", "collections"):
+        """Delete the collection's rows everywhere, its change log and remembered answers too."""
+        for table in ("faces", "users", "collections", "changes", "requests"):
             self._conn.execute(f"DELETE FROM {table} WHERE collection_id = ?", (collection_id,))
 
     # faces
@@ -308,11 +329,19 @@ class Tx:
         return [UserRecord(*row) for row in rows]
 
     def delete_user(self, collection_id: str, user_id: str) -> None:
-        """Delete the user and disassociate its faces (the faces stay, as in Rekognition)."""
+        """Delete the user and disassociate its faces (the faces stay, as in Rekognition); no row names it after."""
         self._conn.execute(
             "UPDATE faces SET user_id = NULL WHERE collection_id = ? AND user_id = ?", (collection_id, user_id)
         )
         self._conn.execute("DELETE FROM users WHERE collection_id = ? AND user_id = ?", (collection_id, user_id))
+        self._conn.execute(
+            "DELETE FROM changes WHERE collection_id = ? AND (user_id = ? OR (kind IN (?, ?) AND object_id = ?))",
+            (collection_id, user_id, "user_created", "user_deleted", user_id),
+        )
+        # An answer that names the user (or merely contains its id) is forgotten: a retry runs afresh.
+        self._conn.execute(
+            "DELETE FROM requests WHERE collection_id = ? AND instr(answer, ?) > 0", (collection_id, user_id)
+        )
 
     def refresh_user_status(self, collection_id: str, user_id: str) -> Literal["CREATED", "ACTIVE"]:
         """ACTIVE while the user has a face, CREATED otherwise."""
@@ -359,6 +388,53 @@ class Tx:
         )
         return [(kind, int(label)) for kind, label in rows]
 
+    def prune_changes(self, collection_id: str, before: float, replayed_to: int) -> int:
+        """Drop the collection's changes older than `before` that recovery no longer needs: face changes up to
+        `replayed_to` (reflected in every index file), except the latest, which dates the index files."""
+        cur = self._conn.execute(
+            "DELETE FROM changes WHERE collection_id = ? AND at < ? AND (kind NOT IN (?, ?) OR (seq <= ? AND seq <"
+            " (SELECT max(seq) FROM changes WHERE collection_id = ? AND kind IN (?, ?))))",
+            (collection_id, before, *FACE_CHANGES, replayed_to, collection_id, *FACE_CHANGES),
+        )
+        return cur.rowcount
+
+    def prune_orphan_changes(self, before: float, live: Sequence[str]) -> int:
+        """Drop changes older than `before` of collections that no longer exist (their tombstones)."""
+        cur = self._conn.execute(
+            f"DELETE FROM changes WHERE at < ? AND collection_id NOT IN ({_marks(live)})", (before, *live)
+        )
+        return cur.rowcount
+
+    # remembered answers
+
+    def recall(self, key: str, now: float) -> tuple[str, str] | None:
+        """(fingerprint, answer) remembered under `key`, unless expired."""
+        row = self._conn.execute(
+            "SELECT fingerprint, answer FROM requests WHERE key = ? AND expires_at > ?", (key, now)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def remember(self, key: str, fingerprint: str, collection_id: str, answer: str, expires_at: float) -> None:
+        self._conn.execute(
+            "INSERT OR REPLACE INTO requests (key, fingerprint, collection_id, answer, expires_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (key, fingerprint, collection_id, answer, expires_at),
+        )
+
+    def prune_requests(self, now: float) -> int:
+        return self._conn.execute("DELETE FROM requests WHERE expires_at <= ?", (now,)).rowcount
+
+    def last_deletion_seq(self) -> int:
+        """Sequence number of the latest deletion of a face, user or collection (0 if none)."""
+        row = self._conn.execute(
+            "SELECT max(seq) FROM changes WHERE kind IN ('face_deleted', 'user_deleted', 'collection_deleted')"
+        ).fetchone()
+        return int(row[0] or 0)
+
+    def scrubbed_seq(self) -> int:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'scrubbed_seq'").fetchone()
+        return int(row[0]) if row else 0
+
     def last_face_seq(self, collection_id: str) -> int:
         """Sequence number of the collection's latest face change (0 if none)."""
         row = self._conn.execute(
@@ -376,6 +452,10 @@ class Database:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        # SQLite gives its -wal and -shm files the database file's mode: making it 0600 first makes all three
+        # private whatever the umask.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+        os.chmod(path, FILE_MODE)
         conn = self._connection()
         # Both only take effect before the first table.  A 512-d face row is over 2 KiB: 8 KiB pages
         # hold three where 4 KiB pages hold one, so the file is much smaller.
@@ -385,6 +465,8 @@ class Database:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
             conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+        elif version == 1:  # version 1 lacks only the remembered answers
+            conn.executescript(f"BEGIN IMMEDIATE; {_REQUESTS} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
         elif version != SCHEMA_VERSION:
             raise StoreError(f"{path}: schema version {version}, this build knows {SCHEMA_VERSION}")
 
@@ -405,13 +487,19 @@ class Database:
     @contextmanager
     def _transaction(self, begin: str) -> Iterator[Tx]:
         conn = self._connection()
-        conn.execute(begin)
         try:
-            yield Tx(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute(begin)
+            try:
+                yield Tx(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                # SQLite may already have rolled back (a full disk does that); a COMMIT that failed has not.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            _raise_unwritable(exc)
             raise
-        conn.execute("COMMIT")
 
     def read(self) -> AbstractContextManager[Tx]:
         """A consistent snapshot across several queries."""
@@ -421,18 +509,50 @@ class Database:
         """A write transaction; it is durable once the with-block exits without error."""
         return self._transaction("BEGIN IMMEDIATE")
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, *, scrub: bool = False, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         """Return free pages to the file system, then fold the WAL into the database and truncate it,
-        so rows deleted earlier leave no copy in the -wal (secure_delete already zeroed them in place).
+        so rows deleted earlier leave no copy in the -wal.
+
+        secure_delete zeroes a deleted row where it lies, but not the copies a b-tree rebalance left in
+        a page's free space when it moved rows to another page; `scrub` rewrites every page (VACUUM),
+        which leaves none, and records how far that reaches. VACUUM needs room for a second copy: if it
+        fails, the log is still truncated and the failure raised. `CheckpointBlocked` if a reader in
+        another process holds the WAL for longer than `busy_timeout_ms`.
         """
         conn = self._connection()
-        conn.executescript("PRAGMA incremental_vacuum;")  # execute() would free a single page per call
-        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+        try:
+            failure: sqlite3.Error | None = None
+            if scrub:
+                try:
+                    seq = Tx(conn).last_deletion_seq()
+                    conn.executescript("VACUUM;")
+                    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('scrubbed_seq', ?)", (seq,))
+                except sqlite3.Error as exc:
+                    failure = exc
+            if failure is not None or not scrub:
+                # executescript: execute() would free a single page per call.
+                conn.executescript("PRAGMA incremental_vacuum;")
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if failure is not None:
+                raise failure
+        except sqlite3.Error as exc:
+            _raise_unwritable(exc)
+            raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if busy:
-            raise StoreError("WAL checkpoint blocked by a long-running reader")
+            raise CheckpointBlocked("the write-ahead log is held by a reader in another process")
 
     def close(self) -> None:
         with self._connections_lock:
             for conn in self._connections:
                 conn.close()
             self._connections.clear()
+
+
+def _raise_unwritable(exc: sqlite3.Error) -> None:
+    """Raise `StoreUnwritable` from `exc` if it says the storage cannot take writes."""
+    unwritable = storage_error(exc)
+    if unwritable is not None:
+        raise unwritable from exc

@@ -9,34 +9,41 @@ log or rebuilt from SQLite.
 from __future__ import annotations
 
 import fcntl
+import hmac
 import logging
 import os
 import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from edge.config import StoreSettings
+from edge.files import FILE_MODE, make_private, private_directory
 from edge.store.access_log import LOG_FILE, AccessLog
-from edge.store.db import Database, Tx, page
+from edge.store.db import BUSY_TIMEOUT_MS, ERASED, Database, Tx, page
 from edge.store.errors import (
+    CheckpointBlocked,
     CollectionExists,
     CollectionNotFound,
     FaceModelMismatch,
     FaceNotFound,
     IndexInvalid,
+    RequestMismatch,
     StoreLocked,
+    StoreUnwritable,
     UserExists,
     UserNotFound,
+    storage_error,
 )
-from edge.store.index import ExactIndex, HnswIndex, HnswParams, VectorIndex, normalize
+from edge.store.index import ExactIndex, HnswIndex, HnswParams, Labels, VectorIndex, normalize
 from edge.store.models import (
     CollectionRecord,
     FaceAssociation,
@@ -51,10 +58,18 @@ from edge.store.models import (
 from edge.store.rwlock import RWLock
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DB_FILE = "store.sqlite3"
 LOCK_FILE = "LOCK"
 COLLECTIONS_DIR = "collections"
+#: Zeros held on the disk so that an erasure can still commit when writes have filled it.
+RESERVE_FILE = "reserve"
+#: How long an erasure inside a request waits for a reader in another process before leaving the rest
+#: to the background checkpoint (the deletion itself is committed either way).
+ERASE_BUSY_TIMEOUT_MS = 1000
+#: A pending erasure is retried after this, doubling up to the checkpoint interval.
+ERASE_RETRY_S = 2.0
 
 
 @dataclass(slots=True)
@@ -82,11 +97,22 @@ class _Replay(NamedTuple):
 _DEFAULTS = StoreSettings()
 
 
+@dataclass(frozen=True, slots=True)
+class StoreHealth:
+    """What /readyz reports about the store: whether writes can succeed, and what erasure is still owed."""
+
+    writable: bool
+    reason: str
+    free_bytes: int
+    erasure_pending: bool
+
+
 def open_store(state_dir: Path, settings: StoreSettings, *, autosave: bool = True) -> Store:
     """A store configured from the `store` settings section."""
     return Store(state_dir, exact_max=settings.exact_max, hnsw=HnswParams.from_settings(settings),
                  checkpoint_interval_s=settings.checkpoint_interval_s if autosave else None,
-                 compact_ratio=settings.compact_ratio, access_log_days=settings.access_log_days)
+                 compact_ratio=settings.compact_ratio, change_log_retention_s=settings.change_log_retention_s,
+                 reserve_bytes=settings.reserve_bytes, access_log_days=settings.access_log_days)
 
 
 class Store:
@@ -104,6 +130,8 @@ class Store:
         hnsw: HnswParams = HnswParams(),  # noqa: B008 - frozen dataclass
         checkpoint_interval_s: float | None = _DEFAULTS.checkpoint_interval_s,
         compact_ratio: float = _DEFAULTS.compact_ratio,
+        change_log_retention_s: float = _DEFAULTS.change_log_retention_s,
+        reserve_bytes: int = _DEFAULTS.reserve_bytes,
         access_log_days: float = _DEFAULTS.access_log_days,
     ) -> None:
         self._state_dir = state_dir
@@ -111,8 +139,18 @@ class Store:
         self._hnsw = hnsw
         self._compact_ratio = compact_ratio
         self._access_log_s = access_log_days * 86400
-        state_dir.mkdir(parents=True, exist_ok=True)
+        self._retention_s = change_log_retention_s
+        self._reserve_bytes = reserve_bytes
+        self._failure: str | None = None
+        """Why the last write failed, for a failure that freeing space does not cure; None after a success."""
+        self._erasure_due = False
+        """Deletions committed but not yet scrubbed from every file."""
+        self._requests_lock = threading.Lock()
+        private_directory(state_dir)
         self._lock_fd = _lock_directory(state_dir / LOCK_FILE)
+        opened = _make_private(state_dir)
+        if opened:
+            log.warning("made private (they were open to other users): %s", ", ".join(opened))
         self._write_lock = threading.Lock()
         self._checkpoint_lock = threading.Lock()
         self._collections: dict[str, _Collection] = {}
@@ -124,6 +162,8 @@ class Store:
                 # no longer holds: they go now.
                 self.access_log.forget_absent(state_dir / DB_FILE)
                 self._open_collections()
+                with self._db.read() as tx:  # a crash may have come between a deletion and its scrub
+                    self._erasure_due = tx.last_deletion_seq() > tx.scrubbed_seq()
                 self.checkpoint()  # persist what recovery changed and drop erased vectors from the WAL
             except BaseException:
                 self._db.close()
@@ -132,6 +172,7 @@ class Store:
             os.close(self._lock_fd)
             raise
         self._stop = threading.Event()
+        self._nudge = threading.Event()
         self._autosave: threading.Thread | None = None
         if checkpoint_interval_s is not None:
             self._autosave = threading.Thread(
@@ -150,6 +191,7 @@ class Store:
         if self._lock_fd < 0:
             return
         self._stop.set()
+        self._nudge.set()
         if self._autosave is not None:
             self._autosave.join()
         try:
@@ -177,7 +219,7 @@ class Store:
             uid=uuid.uuid4().hex,
         )
         with self._write_lock:
-            with self._db.write() as tx:
+            with self._write() as tx:
                 if tx.get_collection(collection_id) is not None:
                     raise CollectionExists(collection_id)
                 tx.insert_collection(record)
@@ -191,9 +233,13 @@ class Store:
         """Delete the collection with all its faces and users, vectors included (rows, index, files)."""
         with self._write_lock:
             state = self._state(collection_id)
-            with self._db.write() as tx:
+
+            def delete(tx: Tx) -> None:
                 tx.delete_collection(collection_id)
                 tx.record_changes(collection_id, "collection_deleted", [collection_id])
+
+            self._erasing(delete)
+            self._erasure_due = True
             del self._collections[collection_id]
             with state.lock.write():
                 state.index = ExactIndex(state.record.dim)
@@ -228,7 +274,7 @@ class Store:
         with self._write_lock:
             state = self._state(collection_id)
             vectors = self._pinned(state.record, model_version, [face.vector for face in faces])
-            with self._db.write() as tx:
+            with self._write() as tx:
                 inserted = tx.insert_faces(collection_id, faces, vectors, model_version)
                 labels = np.asarray([label for label, _ in inserted], dtype=np.int64)
                 seq = tx.record_changes(
@@ -244,7 +290,8 @@ class Store:
         wanted = list(dict.fromkeys(face_ids))
         with self._write_lock:
             state = self._state(collection_id)
-            with self._db.write() as tx:
+
+            def delete(tx: Tx) -> tuple[dict[str, tuple[int, FaceRecord]], list[str], Labels, int]:
                 found = tx.faces_by_ids(collection_id, wanted)
                 doomed = [fid for fid in wanted if fid in found and found[fid][1].user_id is None]
                 labels = np.asarray([found[fid][0] for fid in doomed], dtype=np.int64)
@@ -252,7 +299,11 @@ class Store:
                 if doomed:
                     tx.delete_faces(labels.tolist())
                     seq = tx.record_changes(collection_id, "face_deleted", doomed, labels.tolist())
+                return found, doomed, labels, seq
+
+            found, doomed, labels, seq = self._erasing(delete)
             if doomed:
+                self._erasure_due = True
                 self._mutate(state, seq, lambda index: index.remove(labels))
                 state.unpurged = isinstance(state.index, HnswIndex)
                 self.access_log.erase_faces(collection_id, doomed)
@@ -341,7 +392,7 @@ class Store:
         user = UserRecord(collection_id, user_id, "CREATED", time.time())
         with self._write_lock:
             self._state(collection_id)
-            with self._db.write() as tx:
+            with self._write() as tx:
                 if tx.get_user(collection_id, user_id) is not None:
                     raise UserExists(collection_id, user_id)
                 tx.insert_user(user)
@@ -352,10 +403,14 @@ class Store:
         """Delete the user; its faces stay in the collection, disassociated."""
         with self._write_lock:
             self._state(collection_id)
-            with self._db.write() as tx:
+
+            def delete(tx: Tx) -> None:
                 self._user(tx, collection_id, user_id)
                 tx.delete_user(collection_id, user_id)
-                tx.record_changes(collection_id, "user_deleted", [user_id])
+                tx.record_changes(collection_id, "user_deleted", [ERASED])
+
+            self._erasing(delete)
+            self._erasure_due = True
             self.access_log.erase_user(collection_id, user_id)
 
     def get_user(self, collection_id: str, user_id: str) -> UserRecord:
@@ -380,11 +435,13 @@ class Store:
 
     # durability
 
-    def checkpoint(self) -> None:
-        """Compact heavily-deleted indexes, save changed ones (deleted vectors zeroed), truncate the WAL,
-        prune the access log to its retention.
+    def checkpoint(self, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+        """Compact heavily-deleted indexes, save changed ones (deleted vectors zeroed), prune the change log
+        and the access log, scrub the database if anything was deleted since the last scrub, truncate the WAL.
 
-        After it returns, no file under the state directory holds a vector of a deleted face.
+        After it returns, no file under the state directory holds a vector, a UserId or an
+        ExternalImageId of anything deleted. Raises `CheckpointBlocked` (a reader in another process
+        holds the WAL) or `StoreUnwritable` (no room), after doing all it could.
         """
         self.access_log.prune(self._access_log_s)
         with self._checkpoint_lock:
@@ -393,9 +450,63 @@ class Store:
                 if isinstance(index, HnswIndex) and index.deleted > self._compact_ratio * index.element_count:
                     self._compact(state)
             with self._write_lock:
+                failures: list[Exception] = []
                 for state in self._collections.values():
-                    self._persist(state)
-                self._db.checkpoint()
+                    try:
+                        self._persist(state)
+                    except OSError as exc:  # the other collections and the database still get their turn
+                        failures.append(storage_error(exc) or exc)
+                try:
+                    self._prune()
+                except StoreUnwritable as exc:
+                    failures.append(exc)
+                self._db.checkpoint(scrub=self._erasure_due, busy_timeout_ms=busy_timeout_ms)
+                if failures:
+                    raise failures[0]
+                self._erasure_due = False
+                self._hold_reserve()
+
+    def erase(self) -> bool:
+        """Scrub what was deleted from every file now (a checkpoint); True once done.
+
+        A reader in another process or a full disk cannot stop a deletion that is committed: the rest
+        is left to the background checkpoint, which retries until it is done (`health()` reports it).
+        """
+        try:
+            self.checkpoint(busy_timeout_ms=ERASE_BUSY_TIMEOUT_MS)
+        except (CheckpointBlocked, StoreUnwritable) as exc:
+            log.warning("erasure not finished (%s): it is retried in the background", exc)
+            self._nudge.set()
+            return False
+        return True
+
+    def health(self) -> StoreHealth:
+        """Whether a write can succeed now; below `reserve_bytes` of free space it cannot be counted on."""
+        usage = os.statvfs(self._state_dir)
+        free = usage.f_bavail * usage.f_frsize
+        reason = self._failure or ""
+        if not reason and free < self._reserve_bytes:
+            reason = f"the disk is full: {free} bytes free"
+        return StoreHealth(not reason, reason, free, self._erasure_due)
+
+    def run_once(self, key: str, fingerprint: str, collection_id: str, ttl_s: float,
+                 action: Callable[[], str]) -> str:
+        """The answer of an idempotent request: the one remembered under `key`, or `action`'s, remembered.
+
+        `RequestMismatch` if `key` was remembered with another `fingerprint` (other parameters). Requests
+        are serialised here, so a retry arriving while the first call runs waits for its answer.
+        """
+        with self._requests_lock:
+            with self._db.read() as tx:
+                known = tx.recall(key, time.time())
+            if known is not None:
+                if not hmac.compare_digest(known[0], fingerprint):
+                    raise RequestMismatch(key)
+                return known[1]
+            answer = action()
+            with self._write() as tx:
+                tx.remember(key, fingerprint, collection_id, answer, time.time() + ttl_s)
+            return answer
 
     # internals
 
@@ -404,6 +515,65 @@ class Store:
         if state is None:
             raise CollectionNotFound(collection_id)
         return state
+
+    @contextmanager
+    def _write(self) -> Iterator[Tx]:
+        """A write transaction that keeps track of whether writes are failing (for `health`)."""
+        try:
+            with self._db.write() as tx:
+                yield tx
+        except StoreUnwritable as exc:
+            if not exc.full:
+                self._failure = exc.reason
+            raise
+        self._failure = None
+
+    def _erasing(self, delete: Callable[[Tx], T]) -> T:
+        """Run a deletion; if the disk is too full even for that, give up the reserve and run it again."""
+        try:
+            with self._write() as tx:
+                result = delete(tx)
+        except StoreUnwritable as exc:
+            if not exc.full or not self._release_reserve():
+                raise
+            log.warning("%s: released the reserve to erase", exc.reason)
+            with self._write() as tx:
+                result = delete(tx)
+        return result
+
+    def _hold_reserve(self) -> None:
+        """Keep `reserve_bytes` of real disk blocks in the reserve file, if there is room for them."""
+        path = self._state_dir / RESERVE_FILE
+        if self._reserve_bytes <= 0 or (path.exists() and path.stat().st_size >= self._reserve_bytes):
+            return
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE)
+        try:
+            os.posix_fallocate(fd, 0, self._reserve_bytes)
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            log.warning("no room for the %d-byte reserve kept for erasures (%s)", self._reserve_bytes, exc)
+        finally:
+            os.close(fd)
+
+    def _release_reserve(self) -> bool:
+        path = self._state_dir / RESERVE_FILE
+        if not path.exists():
+            return False
+        path.unlink()
+        return True
+
+    def _prune(self) -> None:
+        """Drop the change log's rows older than the retention that recovery does not need, and expired
+        remembered answers (caller holds the write lock)."""
+        now = time.time()
+        before = now - self._retention_s
+        with self._write() as tx:
+            for cid, state in self._collections.items():
+                # Replay starts from an index file's change; an exact index has no file to replay into.
+                replayed_to = state.saved_seq if isinstance(state.index, HnswIndex) else state.applied_seq
+                tx.prune_changes(cid, before, replayed_to)
+            tx.prune_orphan_changes(before, list(self._collections))
+            tx.prune_requests(now)
 
     @staticmethod
     def _user(tx: Tx, collection_id: str, user_id: str) -> UserRecord:
@@ -429,7 +599,7 @@ class Store:
         wanted = list(dict.fromkeys(face_ids))
         with self._write_lock:
             self._state(collection_id)
-            with self._db.write() as tx:
+            with self._write() as tx:
                 self._user(tx, collection_id, user_id)
                 found = tx.faces_by_ids(collection_id, wanted)
                 allowed = (None, user_id) if associate else (user_id,)
@@ -569,15 +739,40 @@ class Store:
             state.unpurged = False
 
     def _autosave_loop(self, interval_s: float) -> None:
-        while not self._stop.wait(interval_s):
+        wait = interval_s
+        while not self._stop.is_set():
+            if self._nudge.wait(wait):  # an erasure was left unfinished: retry it soon, not at the interval
+                self._nudge.clear()
+                wait = ERASE_RETRY_S
+                continue
             try:
                 self.checkpoint()
+            except (CheckpointBlocked, StoreUnwritable) as exc:
+                log.warning("checkpoint not finished: %s", exc)
             except Exception:
                 log.exception("periodic checkpoint failed")
+            # An erasure still owed is retried, backing off while whatever blocks it lasts.
+            if not self._erasure_due:
+                wait = interval_s
+            else:
+                wait = ERASE_RETRY_S if wait >= interval_s else min(interval_s, 2 * wait)
+
+
+def _make_private(state_dir: Path) -> list[str]:
+    """Tighten the store's own files and directories (0600/0700) where an older version or a umask left
+    them open; returns what was changed. Secrets beside them (keys) are refused instead, by their owner."""
+    ours = [state_dir, state_dir / RESERVE_FILE,
+            *(state_dir / f"{name}{suffix}" for name in (DB_FILE, LOG_FILE)
+              for suffix in ("", "-wal", "-shm", "-journal"))]
+    collections = state_dir / COLLECTIONS_DIR
+    if collections.is_dir():
+        ours += [collections, *collections.rglob("*")]
+    return [str(path.relative_to(state_dir)) for path in ours if path.exists() and make_private(path)]
 
 
 def _lock_directory(path: Path) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:

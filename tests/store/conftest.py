@@ -24,6 +24,7 @@ def open_store(state_dir: Path) -> Iterator[OpenStore]:
 
     def _open(path: Path | None = None, **options: Any) -> Store:
         options.setdefault("checkpoint_interval_s", None)
+        options.setdefault("reserve_bytes", 0)  # no 32 MiB file of zeros for every scan to read
         store = Store(path or state_dir, **options)
         opened.append(store)
         return store
