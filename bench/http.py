@@ -46,7 +46,7 @@ from edge.config import Settings
 from edge.evaluation.dataset import data_root
 from edge.rekognition.operations import Rekognition
 from edge.rekognition.tokens import token_secret
-from edge.server.credentials import load_or_create_keys
+from edge.server.credentials import KeyStore
 from edge.store import Store
 from edge.vision.pipeline import STAGES, FacePipeline
 
@@ -211,8 +211,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         state_dir = Path(tmp) / "state"
         collection = fill(state_dir, settings, query, args.data / "faces-dev", args.faces)
-        keys, _ = load_or_create_keys(state_dir)
-        admin = next(k for k in keys.values() if k.scope == "admin")
+        keys, _ = KeyStore.open(state_dir)
+        admin = next(k for k in keys.all() if k.scope == "admin")
         key = Credentials(admin.access_key_id, admin.secret_access_key)
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))

@@ -287,6 +287,53 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if not daemon["running"] or daemon.get("ready", False) else 1
 
 
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    """Create, list, revoke and rotate access keys; a running daemon follows at its next request."""
+    from datetime import datetime
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from edge.server.credentials import SCOPES, AccessKey, KeyStore
+
+    keys = KeyStore(Path(args.state_dir or settings.state_dir))
+    console = Console()
+
+    def show_secret(key: AccessKey) -> None:
+        print(f"access key {key.access_key_id} ({key.name}); its secret is shown this once, as an AWS "
+              f"credentials-file profile:\n\n[{key.name}]\naws_access_key_id = {key.access_key_id}\n"
+              f"aws_secret_access_key = {key.secret_access_key}")
+
+    try:
+        if args.action == "create":
+            operations = args.operations.split(",") if args.operations else SCOPES[args.scope]
+            show_secret(keys.create(args.name, operations, args.collection or None))
+        elif args.action == "rotate":
+            show_secret(keys.rotate(args.key, keep_old=args.keep_old))
+        elif args.action == "revoke":
+            revoked = keys.revoke(args.key)
+            console.print(f"revoked {revoked.access_key_id} ({revoked.name}): refused from the next request on")
+        else:
+            shown = [k for k in keys.all() if args.all or k.revoked_at is None]
+            if args.json:
+                for k in shown:
+                    print(json.dumps({"name": k.name, "access_key_id": k.access_key_id, "scope": k.scope,
+                                      "operations": None if k.operations is None else sorted(k.operations),
+                                      "collections": None if k.collections is None else sorted(k.collections),
+                                      "created_at": k.created_at, "revoked_at": k.revoked_at}))
+                return 0
+            table = Table("name", "access key", "scope", "collections", "created", "revoked")
+            for k in shown:
+                table.add_row(k.name, k.access_key_id, k.scope if k.scope != "custom" else ",".join(
+                    sorted(k.operations or ())), "all" if k.collections is None else ", ".join(sorted(k.collections)),
+                    datetime.fromtimestamp(k.created_at).strftime("%Y-%m-%d %H:%M"),
+                    datetime.fromtimestamp(k.revoked_at).strftime("%Y-%m-%d %H:%M") if k.revoked_at else "")
+            console.print(table)
+    except (KeyError, ValueError) as exc:
+        raise SystemExit(f"edge-face keys {args.action}: {exc.args[0]}") from None
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge-face", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -359,6 +406,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--state-dir", help="the daemon's state directory (default: the configured one)")
     p.add_argument("--json", action="store_true", help="the same as JSON, for scripts")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("keys", help="access keys: create, list, revoke, rotate (no restart needed)",
+                       description="Manage the daemon's access keys in its state directory. A key is scoped to "
+                       "operations (a named --scope or an explicit --operations list) and optionally to "
+                       "collections (--collection, repeatable). Its secret is shown once, when it is made; the "
+                       "key file keeps it sealed. A running daemon takes every change at its next request.")
+    p.add_argument("--state-dir", help="the daemon's state directory (default: the configured one)")
+    actions = p.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="a new key; prints its secret once")
+    create.add_argument("name", help="who holds it, e.g. kiosk-door-3")
+    create.add_argument("--scope", choices=("admin", "read-only", "search"), default="search",
+                        help="admin: everything; read-only: Search*, Detect*, Compare*, List*, Describe*; search "
+                        "(default): SearchFaces*, SearchUsers*, DetectFaces, CompareFaces")
+    create.add_argument("--operations", help="instead of --scope: a comma-separated list of operations")
+    create.add_argument("--collection", action="append", help="the only collection it may use (repeatable)")
+    listing = actions.add_parser("list", help="the keys, without their secrets")
+    listing.add_argument("--all", action="store_true", help="revoked keys too")
+    listing.add_argument("--json", action="store_true", help="JSON lines")
+    revoke = actions.add_parser("revoke", help="refuse a key from the next request on")
+    revoke.add_argument("key", help="its access key id or name")
+    rotate = actions.add_parser("rotate", help="a new secret (and id) for a key, same name and scope")
+    rotate.add_argument("key", help="its access key id or name")
+    rotate.add_argument("--keep-old", action="store_true", help="leave the old key valid until revoked")
+    p.set_defaults(func=cmd_keys)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)

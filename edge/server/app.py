@@ -35,7 +35,7 @@ from edge.rekognition.operations import OPERATIONS, Rekognition
 from edge.rekognition.tokens import token_secret
 from edge.server.auth import Authenticator, HostCheck, HttpRequest, is_loopback, key_id
 from edge.server.connections import guarded_protocol, quiet_accept_errors
-from edge.server.credentials import CREDENTIALS_FILE, load_or_create_keys
+from edge.server.credentials import CREDENTIALS_FILE, KeyStore
 from edge.server.logs import RateLimitedLog
 from edge.server.metrics import Metrics
 from edge.server.pool import InferencePool
@@ -77,7 +77,7 @@ class Daemon:
         # Takes the state directory's lock: one daemon per directory.
         self.store = open_store(settings.state_dir, settings.store)
         try:
-            keys, created = load_or_create_keys(settings.state_dir)
+            keys, created = KeyStore.open(settings.state_dir)
             if created:
                 log.warning("created access keys: %s", usage_hint(settings))
             self.auth = Authenticator(keys, settings.server)
@@ -120,10 +120,12 @@ class Daemon:
             raise errors.UnknownOperationException(
                 f"Unknown operation {request.headers.get('x-amz-target')!r} for content type {content_type!r}")
         principal.authorize(operation)
+        params = await run_in_threadpool(_parse_json, body)
+        principal.authorize_collection(operation, params.get("CollectionId") if isinstance(params, dict) else None)
         caller = principal.access_key_id
         if OPERATIONS[operation].takes_image:
-            return await self.pool.run(lambda worker: worker.call(operation, _parse_json(body), caller=caller))
-        return await run_in_threadpool(lambda: self.rekognition.call(operation, _parse_json(body), caller=caller))
+            return await self.pool.run(lambda worker: worker.call(operation, params, caller=caller))
+        return await run_in_threadpool(lambda: self.rekognition.call(operation, params, caller=caller))
 
     def may_observe(self, request: Request) -> bool:
         """Whether this request may read the metrics and readiness detail (`server.metrics_access`)."""
@@ -131,7 +133,7 @@ class Daemon:
             return is_loopback(request.client.host if request.client else None)
         try:
             claim = self.auth.begin(HttpRequest.from_asgi(request.scope), OBSERVER_SIGNED)
-            return claim.key is not None and claim.verify(b"").scope == "admin"
+            return claim.key is not None and claim.verify(b"").is_admin
         except errors.RekognitionError:
             return False
 

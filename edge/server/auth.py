@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from botocore.auth import SIGV4_TIMESTAMP, SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -30,8 +30,7 @@ from botocore.credentials import Credentials
 
 from edge import errors
 from edge.config import ServerSettings
-from edge.rekognition.operations import OPERATIONS
-from edge.server.credentials import AccessKey, Scope
+from edge.server.credentials import AccessKey
 
 SERVICE = "rekognition"
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -69,19 +68,42 @@ class HttpRequest:
         return found[0] if found else None
 
 
+#: Operations that read no collection's data, so a key limited to some collections may still call them.
+WITHOUT_COLLECTION = frozenset({"DetectFaces", "CompareFaces"})
+
+
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a key's id and scope, or None for an unsigned loopback client (admin)."""
+    """Who is calling: a key's id and what it may do (None: anything), or None for an unsigned loopback
+    client (admin)."""
 
     access_key_id: str | None
-    scope: Scope
+    operations: frozenset[str] | None = None
+    collections: frozenset[str] | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.operations is None and self.collections is None
 
     def authorize(self, operation: str) -> None:
-        """Refuse what the scope does not allow, before anything is read or changed."""
-        if self.scope != "admin" and not OPERATIONS[operation].read_only:
+        """Refuse an operation outside the key's scope, before the body is even parsed."""
+        if self.operations is not None and operation not in self.operations:
+            raise errors.AccessDeniedException(
+                f"User: {self.access_key_id} is not authorized to perform: rekognition:{operation}")
+
+    def authorize_collection(self, operation: str, collection_id: object) -> None:
+        """Refuse a collection outside the key's scope, before anything is read or changed.
+
+        `collection_id` is the request's CollectionId as sent (not yet validated): anything but one of
+        the key's collections is refused for a key limited to some.
+        """
+        if self.collections is None or operation in WITHOUT_COLLECTION:
+            return
+        if collection_id not in self.collections:
+            resource = f"collection/{collection_id}" if isinstance(collection_id, str) else "collection/*"
             raise errors.AccessDeniedException(
                 f"User: {self.access_key_id} is not authorized to perform: rekognition:{operation} "
-                f"with a {self.scope} key")
+                f"on resource: {resource}")
 
 
 @dataclass(frozen=True)
@@ -99,7 +121,7 @@ class Claim:
 
     def verify(self, body: bytes) -> Principal:
         if self.key is None:
-            return Principal(None, "admin")
+            return Principal(None)
         if self.authenticator is not None:
             self.authenticator.check_date(self.timestamp, self.timestamp[:8])
         declared = self.request.header("x-amz-content-sha256")
@@ -121,13 +143,19 @@ class Claim:
                                     aws_request)
         if not hmac.compare_digest(expected.encode(), self.signature.encode()):
             raise errors.InvalidSignatureException(SIGNATURE_MISMATCH)
-        return Principal(self.key.access_key_id, self.key.scope)
+        return Principal(self.key.access_key_id, self.key.operations, self.key.collections)
+
+
+class Keys(Protocol):
+    """The live keys by access key id (a `KeyStore`, which follows its file, or a plain dict)."""
+
+    def get(self, access_key_id: str, /) -> AccessKey | None: ...
 
 
 class Authenticator:
     """Checks requests against the daemon's keys; `clock` is injectable so expiry can be tested."""
 
-    def __init__(self, keys: Mapping[str, AccessKey], settings: ServerSettings,
+    def __init__(self, keys: Keys, settings: ServerSettings,
                  clock: Callable[[], float] = time.time) -> None:
         self._keys = keys
         self._settings = settings

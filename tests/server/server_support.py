@@ -27,7 +27,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from edge.server.credentials import CREDENTIALS_FILE, KEYS_FILE, AccessKey
+from edge.server.credentials import CREDENTIALS_FILE, AccessKey, KeyStore
 
 REPO = Path(__file__).resolve().parents[2]
 AWS = Path(sys.executable).parent / "aws"
@@ -76,8 +76,7 @@ class Daemon:
         return self.state_dir / CREDENTIALS_FILE
 
     def key(self, profile: str = "admin") -> AccessKey:
-        keys = json.loads((self.state_dir / KEYS_FILE).read_text())["keys"]
-        return next(AccessKey.model_validate(k) for k in keys if k["profile"] == profile)
+        return next(k for k in KeyStore(self.state_dir).all() if k.name == profile and k.revoked_at is None)
 
     def aws(self, *args: str, profile: str | None = "admin", credentials: Path | None = None,
             env: Mapping[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:

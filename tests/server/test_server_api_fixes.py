@@ -116,7 +116,7 @@ def test_a_request_signed_for_another_host_is_refused(daemon: Daemon) -> None:
 
 def test_failed_logins_are_logged_without_signatures_and_counted(daemon: Daemon) -> None:
     key = daemon.key()
-    forged = AccessKey(profile="x", access_key_id=key.access_key_id, secret_access_key="w" * 40, scope="admin")
+    forged = AccessKey(name="x", access_key_id=key.access_key_id, secret_access_key="w" * 40)
     logged = daemon.log.stat().st_size
     signatures = set()
     for _ in range(30):

@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 from server_support import Daemon, running_daemon, start_daemon
 
 from edge.rekognition.tokens import TOKEN_KEY_FILE
-from edge.server.credentials import CREDENTIALS_FILE, KEYS_FILE
+from edge.server.credentials import CREDENTIALS_FILE, KEYS_FILE, MASTER_KEY_FILE
 
 #: HNSW from the first face, so that index files exist on disk too.
 HNSW = {"EDGE_FACE_STORE__EXACT_MAX": "0"}
@@ -50,7 +50,7 @@ def test_a_state_directory_found_open_is_tightened(tmp_path: Path, people: list[
     with running_daemon(state, env=HNSW) as daemon:
         daemon.client().create_collection(CollectionId="old")
         daemon.client().index_faces(CollectionId="old", Image={"Bytes": people[0][0].read_bytes()}, MaxFaces=1)
-    secrets = {state / name for name in (KEYS_FILE, CREDENTIALS_FILE, TOKEN_KEY_FILE)}
+    secrets = {state / name for name in (KEYS_FILE, CREDENTIALS_FILE, TOKEN_KEY_FILE, MASTER_KEY_FILE)}
     for path in {state, *state.rglob("*")} - secrets:
         path.chmod(path.stat().st_mode | stat.S_IRGRP | stat.S_IROTH | (0o055 if path.is_dir() else 0))
     assert {"store.sqlite3", "collections", "LOCK"} <= set(_open_modes(state))
