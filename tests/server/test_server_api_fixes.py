@@ -81,17 +81,6 @@ def test_client_request_token_makes_user_calls_idempotent(daemon: Daemon, people
     assert [u["UserId"] for u in client.list_users(CollectionId="tokens")["Users"]] == []
 
 
-def test_client_request_tokens_survive_a_restart(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    with running_daemon(state) as first:
-        first.client().create_collection(CollectionId="door")
-        first.client().create_user(CollectionId="door", UserId="kept", ClientRequestToken="made-before-restart")
-    with running_daemon(state) as second:
-        answer = second.client().create_user(CollectionId="door", UserId="kept",
-                                             ClientRequestToken="made-before-restart")
-        assert answer["ResponseMetadata"]["HTTPStatusCode"] == 200
-
-
 def _signed_for(daemon: Daemon, url: str, operation: str, body: bytes, key: AccessKey) -> dict[str, str]:
     """Headers botocore signs for `url` (Host included), to send to the daemon as they are."""
     request = AWSRequest("POST", url, data=body, headers={

@@ -54,3 +54,13 @@ def test_keys_can_be_added_by_editing_the_key_file(tmp_path: Path) -> None:
     path.write_text(json.dumps(document))
     keys, _ = load_or_create_keys(tmp_path)
     assert keys["AKIADOOR2DOOR2DOOR20"].scope == "read-only"
+
+
+@pytest.mark.parametrize("name", [KEYS_FILE, CREDENTIALS_FILE])
+def test_a_key_file_others_may_read_is_refused_not_tightened(tmp_path: Path, name: str) -> None:
+    """It may have been copied already: the operator must replace it, so the daemon does not start."""
+    load_or_create_keys(tmp_path)
+    (tmp_path / name).chmod(0o644)
+    with pytest.raises(PermissionError, match="accessible by other users"):
+        load_or_create_keys(tmp_path)
+    assert (tmp_path / name).stat().st_mode & 0o777 == 0o644

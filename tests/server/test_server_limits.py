@@ -105,6 +105,7 @@ def test_beyond_the_cap_idle_connections_make_room_and_busy_ones_refuse(daemon: 
     assert daemon.request("GET", "/healthz").status == 200
 
 
+@pytest.mark.slow
 def test_idle_sockets_beyond_the_file_limit_leave_new_clients_served(tmp_path: Path) -> None:
     """1,100 idle connections to a daemon with the default 1,024-file limit: /healthz and boto3 still
     answer, and the log does not fill with accept() tracebacks."""
