@@ -514,7 +514,8 @@ def main() -> None:
             poller.phase = "quiet"
             phases.append(kiosk(kiosk_client, photo, args.seconds, "quiet"))
 
-            stop, report = multiprocessing.Event(), multiprocessing.Queue()
+            stop = multiprocessing.Event()
+            report: multiprocessing.Queue[dict[str, int]] = multiprocessing.Queue()
             opened = multiprocessing.Value("i", 0)
             attacker = multiprocessing.Process(target=attack, args=(
                 port, keys["kiosk"], args.idle, args.slow, args.reopen_per_s, stop, opened, report))
@@ -561,6 +562,7 @@ def main() -> None:
                    "attacker": attacker_counts, "daemon_metrics_before": connections_before,
                    "daemon_metrics_during": connections_during},
         "kiosk_searches": {p.name: {**percentiles(p.searches), "errors": p.errors} for p in phases},
+        "pooled": summary,
         "ratios": {"p50_attack_over_quiet": round(summary["attack"]["p50_ms"] / summary["quiet"]["p50_ms"], 2),
                    "p99_attack_over_quiet": round(summary["attack"]["p99_ms"] / summary["quiet"]["p99_ms"], 2)},
         "healthz": {phase: {**percentiles(seen), "failed": poller.failed[phase]}

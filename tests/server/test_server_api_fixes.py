@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -58,7 +59,7 @@ def test_client_request_token_makes_user_calls_idempotent(daemon: Daemon, people
     faces = [client.index_faces(CollectionId="tokens", Image={"Bytes": photo.read_bytes()}, MaxFaces=1)
              ["FaceRecords"][0]["Face"]["FaceId"] for photo in people[0][:2]]
 
-    def twice(call: str, **params: object) -> tuple[dict[str, object], dict[str, object]]:
+    def twice(call: str, **params: object) -> tuple[dict[str, Any], dict[str, Any]]:
         first, second = (getattr(client, call)(CollectionId="tokens", **params) for _ in range(2))
         first.pop("ResponseMetadata")
         second.pop("ResponseMetadata")
