@@ -21,7 +21,7 @@ from server_support import REGION, Daemon, running_daemon
 
 #: Short deadlines so that the tests wait seconds, not minutes; a cap small enough to reach; metrics only
 #: for admin signatures, with collection names.
-LIMITS = {"EDGE_FACE_SERVER__HEADER_TIMEOUT_S": "1", "EDGE_FACE_SERVER__BODY_TIMEOUT_S": "3",
+LIMITS = {"EDGE_FACE_SERVER__HEADER_TIMEOUT_S": "1", "EDGE_FACE_SERVER__BODY_TIMEOUT_S": "4",
           "EDGE_FACE_SERVER__CLOCK_SKEW_S": "2", "EDGE_FACE_SERVER__MAX_CONNECTIONS": "6",
           "EDGE_FACE_SERVER__METRICS_ACCESS": "signed", "EDGE_FACE_SERVER__METRICS_COLLECTION_NAMES": "true"}
 #: The soft and hard file limit most Linux systems give a process that nobody configured.
