@@ -19,7 +19,7 @@ RECIPE := $(shell cat $(sort $(wildcard models/*.py models/calibration/*.json)) 
 	2>/dev/null | sha256sum | cut -c1-16)
 MODEL_STAMP := $(MODEL_DIR)/.recipe-$(RECIPE)
 
-.PHONY: run test test-slow bench bench-1m eval lint models setup clean
+.PHONY: run test test-slow bench bench-1m bench-abuse eval lint models setup clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -60,6 +60,12 @@ bench: setup models $(VENV)/.peer
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m bench.pipeline --data $(FACES) --threads 1
 	$(VENV)/bin/python -m bench.http
 	$(VENV)/bin/python -m bench.store_scale --sizes 100000 --dims 128,512
+	$(VENV)/bin/python -m bench.erasure --sizes 10000,100000
+	$(VENV)/bin/python -m bench.abuse
+
+# 2,000 idle sockets and 200 slowloris bodies against a kiosk's searches, then 10,000 fuzzed requests.
+bench-abuse: setup models
+	$(VENV)/bin/python -m bench.abuse
 
 bench-1m: setup
 	$(VENV)/bin/python -m bench.store_scale --sizes 1000000 --dims 128 --efs 192,384,768

@@ -297,3 +297,17 @@ def test_searches_and_indexing_in_parallel(ops: Rekognition, enrolled: dict[str,
         assert [f.result() for f in searched] == PEOPLE * 3
         assert sum(indexed) == len(newcomers)
     assert ops.call("DescribeCollection", {"CollectionId": "door"})["FaceCount"] == len(PEOPLE) + len(newcomers)
+
+
+def test_client_request_tokens_are_remembered_across_a_restart(pipeline: FacePipeline, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    for attempt in range(2):  # the second after the store was closed and opened again, as by a restart
+        with Store(state, checkpoint_interval_s=None) as store:
+            ops = Rekognition(store, pipeline, ServiceSettings(), secret=token_secret(state))
+            if attempt == 0:
+                ops.call("CreateCollection", {"CollectionId": "door"})
+            assert ops.call("CreateUser", {"CollectionId": "door", "UserId": "kept",
+                                           "ClientRequestToken": "made-before-restart"}) == {}
+    with Store(state, checkpoint_interval_s=None) as store:
+        ops = Rekognition(store, pipeline, ServiceSettings(), secret=token_secret(state))
+        assert refused(ops, "CreateUser", {"CollectionId": "door", "UserId": "kept"}).code == "ConflictException"

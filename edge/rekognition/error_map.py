@@ -24,9 +24,8 @@ def api_error(exc: store.StoreError) -> errors.RekognitionError | None:
                 f"The face id: {exc.face_id} does not exist in collection {exc.collection_id}")
         case store.StoreUnwritable():
             # 503: every SDK retries it, and the message says what an operator must fix.
-            return errors.ServiceUnavailableException(
-                f"The device cannot store changes: {exc.reason}. Nothing was changed; deletions still work"
-                if exc.full else f"The device cannot store changes: {exc.reason}. Nothing was changed")
+            return errors.ServiceUnavailableException(f"The device cannot store changes: {exc.reason}. "
+                                                      "Nothing was changed")
         case store.RequestMismatch():
             return errors.IdempotentParameterMismatchException(
                 "The ClientRequestToken was used before with other parameters")

@@ -111,7 +111,8 @@ class Daemon:
         server = request.scope.get("server")
         if not self.hosts.allows(host, server[0] if server else None):
             raise errors.InvalidSignatureException(
-                f"The request is for host {host!r}, which is not a name of this device (server.allowed_hosts)")
+                f"The request is for host {(host or '')[:100]!r}, which is not a name of this device "
+                "(server.allowed_hosts)")
         claim = self.auth.begin(HttpRequest.from_asgi(request.scope))
         body = await _read_body(request, limit)
         principal = await run_in_threadpool(claim.verify, body)  # hashing 16 MB would stall the loop
@@ -187,8 +188,10 @@ def create_app(settings: Settings, *, make_pipeline: PipelineFactory = FacePipel
             metrics.errors.labels(label, exc.code).inc()
             if type(exc) in AUTH_FAILURES:
                 metrics.auth_failures.labels(exc.code).inc()
-                failed_logins.warning("refused a request: key %s from %s: %s: %.200r", key_id(HttpRequest.from_asgi(
-                    request.scope)), request.client.host if request.client else "?", exc.code, exc.message)
+                # The message, not the request: it never holds a signature. %r escapes what a client wrote.
+                source = request.client.host if request.client else "?"
+                failed_logins.warning("refused a request: key %s from %s: %s: %.200r",
+                                      key_id(HttpRequest.from_asgi(request.scope)), source, exc.code, exc.message)
             response = _error(exc)
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is left to read it

@@ -95,14 +95,14 @@ class GuardedH11(H11Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._admitted = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if not self.guard.admit():
-            transport.write(_raw_response(503, "Service Unavailable", "ServiceUnavailableException",  # type: ignore[attr-defined]
+            transport.write(_raw_response(503, "Service Unavailable", "ServiceUnavailableException",
                                           "Too many connections; retry shortly"))
             transport.close()
             return
         self._admitted = True
-        super().connection_made(transport)  # type: ignore[arg-type]
+        super().connection_made(transport)
         self._enter(self._current())
 
     def connection_lost(self, exc: Exception | None) -> None:

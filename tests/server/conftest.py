@@ -21,8 +21,9 @@ def people(faces_dev: Path) -> list[list[Path]]:
     return found
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """A daemon with the default configuration on a fresh state directory."""
+    """A daemon with the default configuration on a fresh state directory, shared by the modules that do not
+    make their own (each test uses collections of its own)."""
     with running_daemon(tmp_path_factory.mktemp("daemon") / "state") as running:
         yield running

@@ -13,7 +13,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
-from server_support import CONTENT_TYPE, REGION, Daemon, running_daemon
+from server_support import CONTENT_TYPE, REGION, Daemon
 
 from edge.server.credentials import AccessKey
 
@@ -82,17 +82,6 @@ def test_client_request_token_makes_user_calls_idempotent(daemon: Daemon, people
     assert [u["UserId"] for u in client.list_users(CollectionId="tokens")["Users"]] == []
 
 
-def test_client_request_tokens_survive_a_restart(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    with running_daemon(state) as first:
-        first.client().create_collection(CollectionId="door")
-        first.client().create_user(CollectionId="door", UserId="kept", ClientRequestToken="made-before-restart")
-    with running_daemon(state) as second:
-        answer = second.client().create_user(CollectionId="door", UserId="kept",
-                                             ClientRequestToken="made-before-restart")
-        assert answer["ResponseMetadata"]["HTTPStatusCode"] == 200
-
-
 def _signed_for(daemon: Daemon, url: str, operation: str, body: bytes, key: AccessKey) -> dict[str, str]:
     """Headers botocore signs for `url` (Host included), to send to the daemon as they are."""
     request = AWSRequest("POST", url, data=body, headers={
@@ -131,21 +120,3 @@ def test_failed_logins_are_logged_without_signatures_and_counted(daemon: Daemon)
     metrics = daemon.request("GET", "/metrics").body.decode()
     counted = re.search(r'^edge_face_auth_failures_total\{code="InvalidSignatureException"\} (\S+)', metrics, re.M)
     assert counted and float(counted.group(1)) >= 30
-
-
-def test_metrics_and_readiness_detail_only_for_admin_signatures_when_configured(tmp_path: Path) -> None:
-    env = {"EDGE_FACE_SERVER__METRICS_ACCESS": "signed", "EDGE_FACE_SERVER__METRICS_COLLECTION_NAMES": "true"}
-    with running_daemon(tmp_path / "state", env=env) as daemon:
-        daemon.client().create_collection(CollectionId="lobby")
-        assert daemon.request("GET", "/healthz").status == 200  # always open
-        refused = daemon.request("GET", "/metrics")
-        assert (refused.status, refused.code) == (403, "AccessDeniedException")
-        assert daemon.request("GET", "/readyz").json == {"status": "ready"}  # no detail
-        for profile, status in (("kiosk", 403), ("admin", 200)):
-            key = daemon.key(profile)
-            request = AWSRequest("GET", daemon.url + "/metrics")
-            SigV4Auth(Credentials(key.access_key_id, key.secret_access_key), "rekognition", REGION).add_auth(request)
-            reply = daemon.request("GET", "/metrics", headers={"Host": urlsplit(daemon.url).netloc,
-                                                               **request.prepare().headers})
-            assert reply.status == status, profile
-        assert 'edge_face_collection_faces{collection="lobby"} 0.0' in reply.body.decode()

@@ -90,3 +90,13 @@ def test_revoked_and_rotated_keys_change_what_the_daemon_accepts(tmp_path: Path)
     assert [k.revoked_at is not None for k in daemon.all() if k.name == "kiosk-3"] == [True, True]
     with pytest.raises(ValueError, match="no such operations"):
         editor.create("bad", ["SearchEverything"], None)
+
+
+@pytest.mark.parametrize("name", [KEYS_FILE, CREDENTIALS_FILE, MASTER_KEY_FILE])
+def test_a_key_file_others_may_read_is_refused_not_tightened(tmp_path: Path, name: str) -> None:
+    """It may have been copied already: the operator must replace it, so the daemon does not start."""
+    KeyStore.open(tmp_path)
+    (tmp_path / name).chmod(0o644)
+    with pytest.raises(PermissionError, match="accessible by other users"):
+        KeyStore.open(tmp_path)
+    assert (tmp_path / name).stat().st_mode & 0o777 == 0o644

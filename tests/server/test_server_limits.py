@@ -1,21 +1,29 @@
-"""Connections that never finish: deadlines, the connection cap and the file limit, on a real daemon."""
+"""A daemon configured tight: connections that never finish (deadlines, the connection cap, the file limit),
+and who may read its metrics."""
 
 from __future__ import annotations
 
 import json
 import resource
+import select
 import socket
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
-from server_support import Daemon, running_daemon
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from server_support import REGION, Daemon, running_daemon
 
-#: Short deadlines so that the tests wait seconds, not minutes; a cap small enough to reach.
-LIMITS = {"EDGE_FACE_SERVER__HEADER_TIMEOUT_S": "1", "EDGE_FACE_SERVER__BODY_TIMEOUT_S": "3",
-          "EDGE_FACE_SERVER__CLOCK_SKEW_S": "2", "EDGE_FACE_SERVER__MAX_CONNECTIONS": "6"}
+#: Short deadlines so that the tests wait seconds, not minutes; a cap small enough to reach; metrics only
+#: for admin signatures, with collection names.
+LIMITS = {"EDGE_FACE_SERVER__HEADER_TIMEOUT_S": "1", "EDGE_FACE_SERVER__BODY_TIMEOUT_S": "4",
+          "EDGE_FACE_SERVER__CLOCK_SKEW_S": "2", "EDGE_FACE_SERVER__MAX_CONNECTIONS": "6",
+          "EDGE_FACE_SERVER__METRICS_ACCESS": "signed", "EDGE_FACE_SERVER__METRICS_COLLECTION_NAMES": "true"}
 #: The soft and hard file limit most Linux systems give a process that nobody configured.
 DEFAULT_NOFILE = 1024
 
@@ -105,6 +113,24 @@ def test_beyond_the_cap_idle_connections_make_room_and_busy_ones_refuse(daemon: 
     assert daemon.request("GET", "/healthz").status == 200
 
 
+def test_metrics_and_readiness_detail_only_for_admin_signatures_when_configured(daemon: Daemon) -> None:
+    """metrics_access: signed; /healthz stays open, /readyz says only its status to the unsigned."""
+    daemon.client().create_collection(CollectionId="lobby")
+    assert daemon.request("GET", "/healthz").status == 200
+    refused = daemon.request("GET", "/metrics")
+    assert (refused.status, refused.code) == (403, "AccessDeniedException")
+    assert daemon.request("GET", "/readyz").json == {"status": "ready"}
+    for profile, status in (("kiosk", 403), ("admin", 200)):
+        key = daemon.key(profile)
+        request = AWSRequest("GET", daemon.url + "/metrics")
+        SigV4Auth(Credentials(key.access_key_id, key.secret_access_key), "rekognition", REGION).add_auth(request)
+        reply = daemon.request("GET", "/metrics", headers={"Host": urlsplit(daemon.url).netloc,
+                                                           **request.prepare().headers})
+        assert reply.status == status, profile
+    assert 'edge_face_collection_faces{collection="lobby"} 0.0' in reply.body.decode()
+
+
+@pytest.mark.slow
 def test_idle_sockets_beyond_the_file_limit_leave_new_clients_served(tmp_path: Path) -> None:
     """1,100 idle connections to a daemon with the default 1,024-file limit: /healthz and boto3 still
     answer, and the log does not fill with accept() tracebacks."""
@@ -144,6 +170,4 @@ def _answer_one(sock: socket.socket) -> tuple[int, bytes]:
 
 
 def select_readable(sock: socket.socket, seconds: float) -> bool:
-    import select
-
     return bool(select.select([sock], [], [], seconds)[0])

@@ -6,7 +6,6 @@ import errno
 import os
 import shutil
 import sqlite3
-import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -14,10 +13,7 @@ from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
-from server_support import Daemon, running_daemon, start_daemon
-
-from edge.rekognition.tokens import TOKEN_KEY_FILE
-from edge.server.credentials import CREDENTIALS_FILE, KEYS_FILE, MASTER_KEY_FILE
+from server_support import Daemon, running_daemon
 
 #: HNSW from the first face, so that index files exist on disk too.
 HNSW = {"EDGE_FACE_STORE__EXACT_MAX": "0"}
@@ -42,25 +38,6 @@ def test_every_file_and_directory_is_private_whatever_the_umask(tmp_path: Path, 
         assert {"store.sqlite3", "store.sqlite3-wal", "store.sqlite3-shm", "index.bin", "index.json"} <= names
         assert _open_modes(state) == {}
     assert _open_modes(state) == {}
-
-
-def test_a_state_directory_found_open_is_tightened(tmp_path: Path, people: list[list[Path]]) -> None:
-    """Files left by an older version under umask 022 are made private at start, and the log says so."""
-    state = tmp_path / "state"
-    with running_daemon(state, env=HNSW) as daemon:
-        daemon.client().create_collection(CollectionId="old")
-        daemon.client().index_faces(CollectionId="old", Image={"Bytes": people[0][0].read_bytes()}, MaxFaces=1)
-    secrets = {state / name for name in (KEYS_FILE, CREDENTIALS_FILE, TOKEN_KEY_FILE, MASTER_KEY_FILE)}
-    for path in {state, *state.rglob("*")} - secrets:
-        path.chmod(path.stat().st_mode | stat.S_IRGRP | stat.S_IROTH | (0o055 if path.is_dir() else 0))
-    assert {"store.sqlite3", "collections", "LOCK"} <= set(_open_modes(state))
-    with running_daemon(state, env=HNSW, preexec=lambda: os.umask(0o022)) as daemon:
-        assert _open_modes(state) == {}
-        assert "made private" in daemon.log.read_text()
-    # A secret others could read may have been copied: it stops the start instead (keys.json's own test).
-    (state / CREDENTIALS_FILE).chmod(0o644)
-    with pytest.raises(RuntimeError, match="accessible by other users"):
-        start_daemon(state)
 
 
 def _holding(state: Path, text: str) -> list[str]:

@@ -1,7 +1,9 @@
-"""Erasure: once deleted and checkpointed, a face's vector is in no file under the state directory."""
+"""Erasure: once deleted and checkpointed, a face's vector, UserId or ExternalImageId is in no file under the
+state directory; and every file there is private."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +145,19 @@ def test_rows_sqlite_moved_between_pages_leave_no_copy(open_store: OpenStore, st
     assert [externals[i] for i in victims if externals[i].encode() in files] == []
     survivors = set(range(count)) - set(victims.tolist())
     assert all(externals[i].encode() in files for i in survivors)
+
+
+def test_a_state_directory_found_open_is_made_private(open_store: OpenStore, state_dir: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Files an older version left under umask 022 (0644 in a 0755 directory) are tightened at open."""
+    store = open_store(exact_max=0, reserve_bytes=4096)
+    store.create_collection("a", face_model_version=MODEL, dim=DIM, arn="arn:a")
+    store.add_faces("a", new_faces(SyntheticFaces(DIM, 4, seed=1).sample(np.arange(4), stream=0)),
+                    model_version=MODEL)
+    store.close()
+    for path in [state_dir, *state_dir.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    with caplog.at_level(logging.WARNING):
+        open_store(exact_max=0, reserve_bytes=4096)
+    assert {oct(p.stat().st_mode & 0o777) for p in [state_dir, *state_dir.rglob("*")]} == {"0o700", "0o600"}
+    assert "made private" in caplog.text and "index.bin" in caplog.text
