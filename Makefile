@@ -76,6 +76,7 @@ lint: setup
 	$(VENV)/bin/mypy --explicit-package-bases tests/conftest.py tests/test_*.py
 	$(VENV)/bin/mypy --explicit-package-bases tests/store
 	$(VENV)/bin/mypy --explicit-package-bases tests/server
+	$(VENV)/bin/mypy --explicit-package-bases tests/sync
 
 clean:
 	rm -rf $(VENV) .tools models/.venv

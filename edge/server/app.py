@@ -32,6 +32,7 @@ from edge.rekognition.operations import OPERATIONS, Rekognition
 from edge.rekognition.tokens import token_secret
 from edge.server.auth import Authenticator, HttpRequest, is_loopback
 from edge.server.credentials import CREDENTIALS_FILE, load_or_create_keys
+from edge.server.fleet import Fleet, SyncCollector, router
 from edge.server.metrics import Metrics
 from edge.server.pool import InferencePool
 from edge.store import open_store
@@ -81,6 +82,12 @@ class Daemon:
             raise
         # Operations without an image never touch a pipeline, so any worker's facade serves them.
         self.rekognition = workers[0]
+        try:
+            self.fleet = Fleet.open(settings, self.store, self.rekognition.face_model_version)
+        except BaseException:
+            self.pool.close()
+            self.store.close()
+            raise
         metrics.watch(self.store, lambda: self.pool.admitted)
         log.info("ready: state %s, %d inference workers, queue %d", settings.state_dir, size,
                  settings.server.queue_size)
@@ -106,6 +113,7 @@ class Daemon:
     def close(self) -> None:
         """After in-flight requests: finish the pool's jobs, then checkpoint and unlock the store."""
         try:
+            self.fleet.close()
             self.pool.close()
         finally:
             self.store.close()
@@ -128,6 +136,9 @@ def create_app(settings: Settings, *, make_pipeline: PipelineFactory = FacePipel
     app = FastAPI(title="edge-face", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.daemon = None
     app.add_middleware(RequestIdMiddleware)
+    app.include_router(router(lambda request: request.app.state.daemon))
+    metrics.registry.register(SyncCollector(
+        lambda: app.state.daemon.fleet.syncer if app.state.daemon is not None else None))
 
     @app.exception_handler(HTTPException)
     async def not_an_operation(request: Request, exc: HTTPException) -> Response:
@@ -172,7 +183,8 @@ def create_app(settings: Settings, *, make_pipeline: PipelineFactory = FacePipel
         except Exception as exc:
             log.exception("readiness check failed")
             return _json(503, {"status": "store unavailable", "error": type(exc).__name__})
-        return _json(200, {"status": "ready"})
+        sync = daemon.fleet.sync_detail()
+        return _json(200, {"status": "ready"} if sync is None else {"status": "ready", "sync": sync})
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -28,8 +28,11 @@ from edge.store.db import Database, Tx, page
 from edge.store.errors import (
     CollectionExists,
     CollectionNotFound,
+    CollectionReadOnly,
+    CollectionStale,
     FaceModelMismatch,
     FaceNotFound,
+    FeedOutOfOrder,
     IndexInvalid,
     StoreLocked,
     UserExists,
@@ -41,9 +44,13 @@ from edge.store.models import (
     FaceAssociation,
     FaceDeletion,
     FaceRecord,
+    FeedRead,
+    FeedSlice,
+    FeedUpdate,
     NewFace,
     Recovery,
     SearchHit,
+    SyncState,
     UserRecord,
     Vector,
 )
@@ -70,6 +77,8 @@ class _Collection:
     recovery: Recovery
     unpurged: bool = False
     """hnswlib memory still holds vectors of deleted faces (purged by reloading the scrubbed file)."""
+    sync: SyncState | None = None
+    """Set when the collection follows a central's feed: read-only here, searchable until it expires."""
 
 
 class _Replay(NamedTuple):
@@ -182,14 +191,7 @@ class Store:
     def delete_collection(self, collection_id: str) -> None:
         """Delete the collection with all its faces and users, vectors included (rows, index, files)."""
         with self._write_lock:
-            state = self._state(collection_id)
-            with self._db.write() as tx:
-                tx.delete_collection(collection_id)
-                tx.record_changes(collection_id, "collection_deleted", [collection_id])
-            del self._collections[collection_id]
-            with state.lock.write():
-                state.index = ExactIndex(state.record.dim)
-            shutil.rmtree(self._directory(state.record), ignore_errors=True)
+            self._drop(self._writable(collection_id))
 
     def get_collection(self, collection_id: str) -> CollectionRecord:
         return self._state(collection_id).record
@@ -217,7 +219,7 @@ class Store:
         if not faces:
             return []
         with self._write_lock:
-            state = self._state(collection_id)
+            state = self._writable(collection_id)
             vectors = self._pinned(state.record, model_version, [face.vector for face in faces])
             with self._db.write() as tx:
                 inserted = tx.insert_faces(collection_id, faces, vectors, model_version)
@@ -234,7 +236,7 @@ class Store:
         """Delete faces and erase their vectors; faces associated with a user are refused."""
         wanted = list(dict.fromkeys(face_ids))
         with self._write_lock:
-            state = self._state(collection_id)
+            state = self._writable(collection_id)
             with self._db.write() as tx:
                 found = tx.faces_by_ids(collection_id, wanted)
                 doomed = [fid for fid in wanted if fid in found and found[fid][1].user_id is None]
@@ -309,6 +311,8 @@ class Store:
     ) -> list[SearchHit]:
         """The k most similar faces with cosine similarity >= min_similarity, best first."""
         state = self._state(collection_id)
+        if state.sync is not None and state.sync.valid_until < time.time():
+            raise CollectionStale(collection_id, state.sync.valid_until)
         query = self._pinned(state.record, model_version, [vector])
         with state.lock.read():
             labels, scores = state.index.search(query, k)
@@ -330,7 +334,7 @@ class Store:
     def create_user(self, collection_id: str, user_id: str) -> UserRecord:
         user = UserRecord(collection_id, user_id, "CREATED", time.time())
         with self._write_lock:
-            self._state(collection_id)
+            self._writable(collection_id)
             with self._db.write() as tx:
                 if tx.get_user(collection_id, user_id) is not None:
                     raise UserExists(collection_id, user_id)
@@ -341,7 +345,7 @@ class Store:
     def delete_user(self, collection_id: str, user_id: str) -> None:
         """Delete the user; its faces stay in the collection, disassociated."""
         with self._write_lock:
-            self._state(collection_id)
+            self._writable(collection_id)
             with self._db.write() as tx:
                 self._user(tx, collection_id, user_id)
                 tx.delete_user(collection_id, user_id)
@@ -384,7 +388,156 @@ class Store:
                     self._persist(state)
                 self._db.checkpoint()
 
+    # fleet sync
+
+    def check_writable(self, collection_id: str) -> None:
+        """Refuse, before any work, a write to a collection that is synced from a central."""
+        self._writable(collection_id)
+
+    def read_feed(
+        self, collection_id: str, after: int | None, *, export: Literal["never", "on_delete", "always"]
+    ) -> FeedRead:
+        """The collection's head and, in one consistent read, what changed since `after` (current state of
+        every face and user touched, tombstones for those gone) and, when asked, all of it.
+
+        "on_delete" exports only when something was deleted: the feed then replaces every published
+        file that may still hold the deleted data.
+        """
+        state = self._state(collection_id)
+        dim = state.record.dim
+        with self._db.read() as tx:
+            head = tx.collection_head(collection_id)
+            delta = _delta(tx, collection_id, after, head, dim) if after is not None and head > after else None
+            deleted = delta is not None and bool(delta.deleted_faces or delta.deleted_users)
+            wanted = export == "always" or (export == "on_delete" and deleted)
+            snapshot = _export(tx, collection_id, head, dim) if wanted else None
+        return FeedRead(state.record, head, delta, snapshot)
+
+    def sync_states(self) -> dict[str, SyncState]:
+        """The collections this device follows, by id."""
+        return {cid: state.sync for cid, state in dict(self._collections).items() if state.sync is not None}
+
+    def apply_feed(self, update: FeedUpdate) -> None:
+        """Apply a verified batch or snapshot; the sequence it reaches is committed in the same transaction.
+
+        A batch must start exactly at the applied sequence (FeedOutOfOrder otherwise); a snapshot replaces
+        the whole content, and a snapshot of another central collection (recreated there) the whole
+        collection. Deleted faces leave no vector in any file once this returns.
+        """
+        cid, changes = update.collection_id, update.changes
+        with self._write_lock:
+            state = self._collections.get(cid)
+            if state is not None and state.sync is None:
+                raise CollectionExists(cid)  # a local collection of that name is never overwritten
+            if state is not None and update.snapshot and (
+                (state.sync is not None and state.sync.source_uid != update.source_uid)
+                or (state.record.face_model_version, state.record.dim) != (update.face_model_version, update.dim)
+            ):
+                self._drop(state)
+                state = None
+            record = state.record if state is not None else CollectionRecord(
+                cid, update.arn, update.face_model_version, update.dim, time.time(), uuid.uuid4().hex)
+            vectors = (normalize(changes.vectors, record.dim) if changes.faces
+                       else np.zeros((0, record.dim), dtype=np.float32))
+            sync = SyncState(cid, update.source, update.source_uid, changes.to_seq, update.valid_until, time.time(),
+                             update.head_seq)
+            with self._db.write() as tx:
+                current = tx.get_sync(cid)
+                if not update.snapshot and (current is None or current.source_uid != update.source_uid
+                                            or current.applied_seq != changes.from_seq):
+                    at = "nothing" if current is None else f"{current.source_uid} at {current.applied_seq}"
+                    raise FeedOutOfOrder(f"{cid}: batch from {update.source_uid} at {changes.from_seq}, copy is {at}")
+                if state is None:
+                    tx.insert_collection(record)
+                    tx.record_changes(cid, "collection_created", [cid])
+                if update.snapshot:
+                    keep = {face.face_id for face in changes.faces}
+                    removed = {fid: label for fid, label in tx.face_labels(cid).items() if fid not in keep}
+                    gone_users = tx.user_ids(cid) - {user.user_id for user in changes.users}
+                else:
+                    found = tx.faces_by_ids_chunked(cid, changes.deleted_faces)
+                    removed = {fid: label for fid, (label, _) in found.items()}
+                    gone_users = set(changes.deleted_users)
+                for user_id in gone_users:
+                    tx.delete_user(cid, user_id)
+                seq = state.applied_seq if state is not None else 0
+                labels = list(removed.values())
+                for i in range(0, len(labels), FEED_CHUNK):
+                    tx.delete_faces(labels[i : i + FEED_CHUNK])
+                if removed:
+                    seq = tx.record_changes(cid, "face_deleted", list(removed), labels)
+                inserted = tx.upsert_faces(changes.faces, vectors)
+                if inserted:
+                    seq = tx.record_changes(cid, "face_added", [face.face_id for _, face in inserted],
+                                            [label for label, _ in inserted])
+                tx.upsert_users(changes.users)
+                tx.put_sync(sync)
+            if state is None or (update.snapshot and (removed or inserted)):
+                index, seq = self._build(record)
+                if state is None:
+                    state = _Collection(record, index, RWLock(), applied_seq=seq, saved_seq=-1,
+                                        recovery=Recovery("exact"))
+                    self._collections[cid] = state
+                else:
+                    with state.lock.write():
+                        state.index = index
+                    state.applied_seq, state.saved_seq = seq, -1
+            else:
+                if removed:
+                    gone = np.asarray(labels, dtype=np.int64)
+                    self._mutate(state, seq, lambda index: index.remove(gone))
+                    state.unpurged = isinstance(state.index, HnswIndex)
+                if inserted:
+                    added = np.asarray([label for label, _ in inserted], dtype=np.int64)
+                    new_ids = {face.face_id for _, face in inserted}
+                    rows = vectors[[i for i, face in enumerate(changes.faces) if face.face_id in new_ids]]
+                    self._mutate(state, seq, lambda index: index.add(added, rows))
+                    if isinstance(state.index, ExactIndex) and len(state.index) > self._exact_max:
+                        self._promote(state, state.index)
+            state.sync = sync
+        if removed or gone_users:
+            self.checkpoint()  # the erased vectors and ids leave the write-ahead log and index files now
+
+    def note_sync(self, collection_id: str, *, valid_until: float, head_seq: int) -> None:
+        """Record a verified feed that brought nothing new: the copy is current and valid until then."""
+        with self._write_lock:
+            state = self._state(collection_id)
+            if state.sync is None:
+                raise CollectionExists(collection_id)
+            sync = SyncState(collection_id, state.sync.source, state.sync.source_uid, state.sync.applied_seq,
+                             valid_until, time.time(), head_seq)
+            with self._db.write() as tx:
+                tx.put_sync(sync)
+            state.sync = sync
+
+    def drop_synced(self, collection_id: str) -> None:
+        """Delete a synced collection the central deleted (or this device no longer follows), vectors included."""
+        with self._write_lock:
+            state = self._state(collection_id)
+            if state.sync is None:
+                raise CollectionExists(collection_id)
+            self._drop(state)
+        self.checkpoint()
+
     # internals
+
+    def _writable(self, collection_id: str) -> _Collection:
+        state = self._state(collection_id)
+        if state.sync is not None:
+            raise CollectionReadOnly(collection_id, state.sync.source)
+        return state
+
+    def _drop(self, state: _Collection) -> None:
+        """Delete a collection's rows, sync state, index and files (caller holds the write lock)."""
+        collection_id = state.record.collection_id
+        with self._db.write() as tx:
+            tx.delete_collection(collection_id)
+            tx.delete_sync(collection_id)
+            tx.record_changes(collection_id, "collection_deleted", [collection_id])
+        del self._collections[collection_id]
+        with state.lock.write():
+            state.index = ExactIndex(state.record.dim)
+        shutil.rmtree(self._directory(state.record), ignore_errors=True)
 
     def _state(self, collection_id: str) -> _Collection:
         state = self._collections.get(collection_id)
@@ -415,7 +568,7 @@ class Store:
     ) -> FaceAssociation:
         wanted = list(dict.fromkeys(face_ids))
         with self._write_lock:
-            self._state(collection_id)
+            self._writable(collection_id)
             with self._db.write() as tx:
                 self._user(tx, collection_id, user_id)
                 found = tx.faces_by_ids(collection_id, wanted)
@@ -494,6 +647,10 @@ class Store:
             records = tx.list_collections(None, limit=-1)
         for record in records:
             self._collections[record.collection_id] = self._recover(record)
+        with self._db.read() as tx:
+            for sync in tx.list_sync():
+                if sync.collection_id in self._collections:
+                    self._collections[sync.collection_id].sync = sync
         collections_dir = self._state_dir / COLLECTIONS_DIR
         live = {record.uid for record in records}
         for directory in collections_dir.iterdir() if collections_dir.is_dir() else ():
@@ -561,6 +718,38 @@ class Store:
                 self.checkpoint()
             except Exception:
                 log.exception("periodic checkpoint failed")
+
+
+FEED_CHUNK = 500
+"""Rows per DELETE ... IN (...) when a feed removes many faces at once."""
+
+_FACE_KINDS = ("face_added", "face_deleted", "face_associated", "face_disassociated")
+
+
+def _vectors(blobs: list[bytes], dim: int) -> Vector:
+    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
+
+
+def _delta(tx: Tx, collection_id: str, after: int, head: int, dim: int) -> FeedSlice:
+    """The current state of every face and user changed in (after, head], and tombstones for those gone."""
+    changes = tx.changes_between(collection_id, after, head)
+    face_ids = list(dict.fromkeys(oid for kind, oid, _ in changes if kind in _FACE_KINDS))
+    user_ids = list(dict.fromkeys(
+        user for kind, oid, user_id in changes
+        for user in ((oid,) if kind in ("user_created", "user_deleted") else (user_id,) if user_id else ())))
+    faces, blobs = tx.faces_with_vectors(collection_id, face_ids)
+    users = tx.users_by_ids(collection_id, user_ids)
+    present_faces = {face.face_id for face in faces}
+    present_users = {user.user_id for user in users}
+    return FeedSlice(after, head, faces, _vectors(blobs, dim), users,
+                     [fid for fid in face_ids if fid not in present_faces],
+                     [uid for uid in user_ids if uid not in present_users])
+
+
+def _export(tx: Tx, collection_id: str, head: int, dim: int) -> FeedSlice:
+    """Every face (with its vector) and user of the collection, as of `head`."""
+    faces, blobs = tx.faces_with_vectors(collection_id, None)
+    return FeedSlice(0, head, faces, _vectors(blobs, dim), tx.users_by_ids(collection_id, None), [], [])
 
 
 def _lock_directory(path: Path) -> int:
