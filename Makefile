@@ -19,7 +19,7 @@ RECIPE := $(shell cat $(sort $(wildcard models/*.py models/calibration/*.json)) 
 	2>/dev/null | sha256sum | cut -c1-16)
 MODEL_STAMP := $(MODEL_DIR)/.recipe-$(RECIPE)
 
-.PHONY: run test test-slow bench bench-1m eval lint models setup clean
+.PHONY: run test test-slow test-sync bench bench-1m bench-sync eval lint models setup postgres clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -34,7 +34,15 @@ $(VENV)/.peer: $(VENV)/.synced
 	$(UV) sync --frozen --inexact --extra test --extra peer
 	touch $@
 
-setup: $(VENV)/.synced
+# The central's store and its tests need PostgreSQL (Debian's postgresql-15); installed where missing.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+postgres:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+		echo "installing postgresql-15 (the central's database; its tests start a throwaway server)"; \
+		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q \
+			--no-install-recommends postgresql-15; }
+
+setup: $(VENV)/.synced postgres
 
 # The isolated build environment (TensorFlow) only exists while models are built.
 $(MODEL_STAMP): | $(UV)

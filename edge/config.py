@@ -88,6 +88,18 @@ class StoreSettings(BaseModel):
     checkpoint_interval_s: float = Field(default=300.0, gt=0)
     #: An HNSW index is rebuilt once this fraction of its slots holds deleted faces.
     compact_ratio: float = Field(default=0.25, gt=0, le=1)
+    #: Where collections live: SQLite in the state directory (a device, `make run`), or PostgreSQL (a central;
+    #: several instances may share one database, each keeping its own vector index current from the log).
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    #: libpq connection string, e.g. "host=/var/run/postgresql dbname=edgeface user=edgeface".
+    postgres_dsn: str | None = None
+    postgres_pool_size: int = Field(default=8, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _postgres_dsn(self) -> StoreSettings:
+        if self.backend == "postgres" and not self.postgres_dsn:
+            raise ValueError("store.backend postgres needs store.postgres_dsn")
+        return self
 
 
 #: The one fixed port clients are told about (`--endpoint-url http://device:8080`).

@@ -89,7 +89,12 @@ class Fleet:
 
 
 def feed_storage(settings: Settings) -> FeedStorage:
-    """Where the central keeps its published feed."""
+    """Where the central keeps its published feed: beside its collections (SQLite file, or PostgreSQL)."""
+    if settings.store.backend == "postgres":
+        from edge.sync.pg import PgFeedStorage
+
+        assert settings.store.postgres_dsn is not None
+        return PgFeedStorage(settings.store.postgres_dsn)
     return SqliteFeedStorage(settings.state_dir / FEED_FILE)
 
 

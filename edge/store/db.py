@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
@@ -149,10 +149,28 @@ def _face(row: tuple[Any, ...]) -> tuple[int, FaceRecord]:
     )
 
 
+class Cursor(Protocol):
+    def fetchone(self) -> Any: ...
+
+    def fetchmany(self, size: int = ...) -> list[Any]: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """What the queries need of a connection: sqlite3's, or the PostgreSQL adapter in `edge.store.pg`."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> object: ...
+
+
 class Tx:
     """Queries run inside one transaction of one connection (see Database.read / Database.write)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     # collections
@@ -209,7 +227,7 @@ class Tx:
             cur = self._conn.execute(
                 "INSERT INTO faces (face_id, collection_id, image_id, external_image_id, bbox_width,"
                 " bbox_height, bbox_left, bbox_top, confidence, index_faces_model_version, vector,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING label",
                 (
                     record.face_id,
                     collection_id,
@@ -225,7 +243,7 @@ class Tx:
                     at,
                 ),
             )
-            inserted.append((int(cur.lastrowid or 0), record))
+            inserted.append((int(cur.fetchone()[0]), record))
         return inserted
 
     def faces_by_ids(self, collection_id: str, face_ids: Sequence[str]) -> dict[str, tuple[int, FaceRecord]]:
@@ -459,12 +477,12 @@ class Tx:
             cur = self._conn.execute(
                 "INSERT INTO faces (face_id, collection_id, image_id, external_image_id, bbox_width,"
                 " bbox_height, bbox_left, bbox_top, confidence, index_faces_model_version, user_id, vector,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING label",
                 (face.face_id, face.collection_id, face.image_id, face.external_image_id, box.width, box.height,
                  box.left, box.top, face.confidence, face.index_faces_model_version, face.user_id,
                  np.asarray(vector, dtype="<f4").tobytes(), face.created_at),
             )
-            inserted.append((int(cur.lastrowid or 0), face))
+            inserted.append((int(cur.fetchone()[0]), face))
         return inserted
 
     def faces_by_ids_chunked(self, collection_id: str, face_ids: Sequence[str]) -> dict[str, tuple[int, FaceRecord]]:
@@ -475,7 +493,8 @@ class Tx:
 
     def upsert_users(self, users: Sequence[UserRecord]) -> None:
         self._conn.executemany(
-            f"INSERT OR REPLACE INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?)",
+            f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?) ON CONFLICT (collection_id, user_id)"
+            " DO UPDATE SET status = excluded.status, created_at = excluded.created_at",
             [(u.collection_id, u.user_id, u.status, u.created_at) for u in users],
         )
 
@@ -494,7 +513,10 @@ class Tx:
 
     def put_sync(self, state: SyncState) -> None:
         self._conn.execute(
-            f"INSERT OR REPLACE INTO synced_collections ({_SYNC_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO synced_collections ({_SYNC_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (collection_id) DO UPDATE SET source = excluded.source, source_uid = excluded.source_uid,"
+            " applied_seq = excluded.applied_seq, valid_until = excluded.valid_until, synced_at = excluded.synced_at,"
+            " head_seq = excluded.head_seq",
             (state.collection_id, state.source, state.source_uid, state.applied_seq, state.valid_until,
              state.synced_at, state.head_seq),
         )
@@ -505,6 +527,9 @@ class Tx:
 
 class Database:
     """One SQLite connection per thread, so readers never wait on the writer under WAL."""
+
+    shared = False
+    """Only this process writes the file (the store's flock on the state directory sees to it)."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
@@ -553,8 +578,12 @@ class Database:
         """A consistent snapshot across several queries."""
         return self._transaction("BEGIN DEFERRED")
 
-    def write(self) -> AbstractContextManager[Tx]:
-        """A write transaction; it is durable once the with-block exits without error."""
+    def write(self, collection_id: str | None = None) -> AbstractContextManager[Tx]:
+        """A write transaction; it is durable once the with-block exits without error.
+
+        SQLite has one writer at a time; `collection_id` matters to the shared engine (edge.store.pg), where
+        it serialises the writers of that collection.
+        """
         return self._transaction("BEGIN IMMEDIATE")
 
     def checkpoint(self) -> None:

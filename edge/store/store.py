@@ -16,9 +16,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -90,11 +91,32 @@ class _Replay(NamedTuple):
 _DEFAULTS = StoreSettings()
 
 
+class Engine(Protocol):
+    """The database under the store: SQLite (`Database`, this process only) or PostgreSQL (`edge.store.pg`,
+    `shared` with other instances, whose changes each instance replays into its own index)."""
+
+    shared: bool
+
+    def read(self) -> AbstractContextManager[Tx]: ...
+
+    def write(self, collection_id: str | None = None) -> AbstractContextManager[Tx]: ...
+
+    def checkpoint(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 def open_store(state_dir: Path, settings: StoreSettings, *, autosave: bool = True) -> Store:
-    """A store configured from the `store` settings section."""
+    """A store configured from the `store` settings section (SQLite in the state directory, or PostgreSQL)."""
+    database: Engine | None = None
+    if settings.backend == "postgres":
+        from edge.store.pg import PgDatabase
+
+        assert settings.postgres_dsn is not None
+        database = PgDatabase(settings.postgres_dsn, pool_size=settings.postgres_pool_size)
     return Store(state_dir, exact_max=settings.exact_max, hnsw=HnswParams.from_settings(settings),
                  checkpoint_interval_s=settings.checkpoint_interval_s if autosave else None,
-                 compact_ratio=settings.compact_ratio)
+                 compact_ratio=settings.compact_ratio, database=database)
 
 
 class Store:
@@ -112,6 +134,7 @@ class Store:
         hnsw: HnswParams = HnswParams(),  # noqa: B008 - frozen dataclass
         checkpoint_interval_s: float | None = _DEFAULTS.checkpoint_interval_s,
         compact_ratio: float = _DEFAULTS.compact_ratio,
+        database: Engine | None = None,
     ) -> None:
         self._state_dir = state_dir
         self._exact_max = exact_max
@@ -119,11 +142,11 @@ class Store:
         self._compact_ratio = compact_ratio
         state_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _lock_directory(state_dir / LOCK_FILE)
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.RLock()
         self._checkpoint_lock = threading.Lock()
         self._collections: dict[str, _Collection] = {}
         try:
-            self._db = Database(state_dir / DB_FILE)
+            self._db: Engine = database if database is not None else Database(state_dir / DB_FILE)
             try:
                 self._open_collections()
                 self.checkpoint()  # persist what recovery changed and drop erased vectors from the WAL
@@ -178,7 +201,7 @@ class Store:
             uid=uuid.uuid4().hex,
         )
         with self._write_lock:
-            with self._db.write() as tx:
+            with self._db.write(collection_id) as tx:
                 if tx.get_collection(collection_id) is not None:
                     raise CollectionExists(collection_id)
                 tx.insert_collection(record)
@@ -221,7 +244,7 @@ class Store:
         with self._write_lock:
             state = self._writable(collection_id)
             vectors = self._pinned(state.record, model_version, [face.vector for face in faces])
-            with self._db.write() as tx:
+            with self._db.write(collection_id) as tx:
                 inserted = tx.insert_faces(collection_id, faces, vectors, model_version)
                 labels = np.asarray([label for label, _ in inserted], dtype=np.int64)
                 seq = tx.record_changes(
@@ -237,7 +260,7 @@ class Store:
         wanted = list(dict.fromkeys(face_ids))
         with self._write_lock:
             state = self._writable(collection_id)
-            with self._db.write() as tx:
+            with self._db.write(collection_id) as tx:
                 found = tx.faces_by_ids(collection_id, wanted)
                 doomed = [fid for fid in wanted if fid in found and found[fid][1].user_id is None]
                 labels = np.asarray([found[fid][0] for fid in doomed], dtype=np.int64)
@@ -313,6 +336,8 @@ class Store:
         state = self._state(collection_id)
         if state.sync is not None and state.sync.valid_until < time.time():
             raise CollectionStale(collection_id, state.sync.valid_until)
+        if self._db.shared:
+            self._catch_up(state)
         query = self._pinned(state.record, model_version, [vector])
         with state.lock.read():
             labels, scores = state.index.search(query, k)
@@ -335,7 +360,7 @@ class Store:
         user = UserRecord(collection_id, user_id, "CREATED", time.time())
         with self._write_lock:
             self._writable(collection_id)
-            with self._db.write() as tx:
+            with self._db.write(collection_id) as tx:
                 if tx.get_user(collection_id, user_id) is not None:
                     raise UserExists(collection_id, user_id)
                 tx.insert_user(user)
@@ -346,7 +371,7 @@ class Store:
         """Delete the user; its faces stay in the collection, disassociated."""
         with self._write_lock:
             self._writable(collection_id)
-            with self._db.write() as tx:
+            with self._db.write(collection_id) as tx:
                 self._user(tx, collection_id, user_id)
                 tx.delete_user(collection_id, user_id)
                 tx.record_changes(collection_id, "user_deleted", [user_id])
@@ -441,7 +466,7 @@ class Store:
                        else np.zeros((0, record.dim), dtype=np.float32))
             sync = SyncState(cid, update.source, update.source_uid, changes.to_seq, update.valid_until, time.time(),
                              update.head_seq)
-            with self._db.write() as tx:
+            with self._db.write(cid) as tx:
                 current = tx.get_sync(cid)
                 if not update.snapshot and (current is None or current.source_uid != update.source_uid
                                             or current.applied_seq != changes.from_seq):
@@ -506,7 +531,7 @@ class Store:
                 raise CollectionExists(collection_id)
             sync = SyncState(collection_id, state.sync.source, state.sync.source_uid, state.sync.applied_seq,
                              valid_until, time.time(), head_seq)
-            with self._db.write() as tx:
+            with self._db.write(collection_id) as tx:
                 tx.put_sync(sync)
             state.sync = sync
 
@@ -530,7 +555,7 @@ class Store:
     def _drop(self, state: _Collection) -> None:
         """Delete a collection's rows, sync state, index and files (caller holds the write lock)."""
         collection_id = state.record.collection_id
-        with self._db.write() as tx:
+        with self._db.write(collection_id) as tx:
             tx.delete_collection(collection_id)
             tx.delete_sync(collection_id)
             tx.record_changes(collection_id, "collection_deleted", [collection_id])
@@ -541,9 +566,49 @@ class Store:
 
     def _state(self, collection_id: str) -> _Collection:
         state = self._collections.get(collection_id)
+        if self._db.shared:
+            state = self._shared_state(collection_id, state)
         if state is None:
             raise CollectionNotFound(collection_id)
         return state
+
+    def _shared_state(self, collection_id: str, state: _Collection | None) -> _Collection | None:
+        """On a database other instances write too, the collection as the database has it now."""
+        with self._db.read() as tx:
+            record = tx.get_collection(collection_id)
+        if state is not None and record is not None and record.uid == state.record.uid:
+            return state
+        with self._write_lock:
+            current = self._collections.get(collection_id)
+            if current is not None and (record is None or record.uid != current.record.uid):
+                del self._collections[collection_id]  # deleted (and maybe recreated) by another instance
+                shutil.rmtree(self._directory(current.record), ignore_errors=True)
+                current = None
+            if current is None and record is not None:
+                current = self._collections[collection_id] = self._recover(record)
+            return current
+
+    def _catch_up(self, state: _Collection) -> None:
+        """Replay into this instance's index the face changes other instances logged since it was current."""
+        with self._write_lock:
+            with self._db.read() as tx:
+                last = tx.last_face_seq(state.record.collection_id)
+            if last <= state.applied_seq:
+                return
+            try:
+                with state.lock.write():
+                    replay = self._replay(state.record, state.index, state.applied_seq)
+            except Exception:
+                log.exception("replaying %s failed; rebuilding it from the database", state.record.collection_id)
+                index, seq = self._build(state.record)
+                with state.lock.write():
+                    state.index = index
+                state.applied_seq, state.saved_seq = seq, -1
+                return
+            state.applied_seq = replay.seq
+            state.unpurged = state.unpurged or (replay.removed > 0 and isinstance(state.index, HnswIndex))
+            if isinstance(state.index, ExactIndex) and len(state.index) > self._exact_max:
+                self._promote(state, state.index)
 
     @staticmethod
     def _user(tx: Tx, collection_id: str, user_id: str) -> UserRecord:
@@ -569,7 +634,7 @@ class Store:
         wanted = list(dict.fromkeys(face_ids))
         with self._write_lock:
             self._writable(collection_id)
-            with self._db.write() as tx:
+            with self._db.write(collection_id) as tx:
                 self._user(tx, collection_id, user_id)
                 found = tx.faces_by_ids(collection_id, wanted)
                 allowed = (None, user_id) if associate else (user_id,)
@@ -593,7 +658,13 @@ class Store:
         return self._state_dir / COLLECTIONS_DIR / record.uid
 
     def _mutate(self, state: _Collection, seq: int, change: Callable[[VectorIndex], None]) -> None:
-        """Apply a committed change to the index; if that fails, rebuild it from SQLite instead."""
+        """Apply a committed change to the index; if that fails, rebuild it from SQLite instead.
+
+        On a shared database other instances' changes may precede this one: replay the log instead.
+        """
+        if self._db.shared:
+            self._catch_up(state)
+            return
         try:
             with state.lock.write():
                 change(state.index)

@@ -138,6 +138,7 @@ def test_users_associate_disassociate_and_delete(open_store: OpenStore) -> None:
         store.get_user("c", "u2")
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("exact_max", [0, 1000], ids=["hnsw", "exact"])
 def test_collection_is_pinned_to_its_face_model(open_store: OpenStore, state_dir: Path, exact_max: int) -> None:
     store, _, vectors = _store_with_faces(open_store, 20, exact_max=exact_max)
@@ -181,6 +182,7 @@ def test_second_process_is_locked_out(open_store: OpenStore, state_dir: Path) ->
         Store(state_dir, checkpoint_interval_s=None)
 
 
+@pytest.mark.sqlite_only
 def test_crash_image_is_replayed_from_the_change_log(open_store: OpenStore, tmp_path: Path) -> None:
     """A copy of the state directory taken between checkpoints is what kill -9 leaves behind."""
     store, ids, vectors = _store_with_faces(open_store, 200, exact_max=0)

@@ -30,6 +30,7 @@ def _populate(store: Store) -> tuple[list[str], np.ndarray, np.ndarray]:
     return ids, a, b
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("exact_max", [0, 100_000], ids=["hnsw", "exact"])
 def test_deleted_faces_leave_no_vector_on_disk(open_store: OpenStore, state_dir: Path, exact_max: int) -> None:
     store = open_store(exact_max=exact_max)
@@ -51,6 +52,7 @@ def test_deleted_faces_leave_no_vector_on_disk(open_store: OpenStore, state_dir:
     assert set(_files_holding(state_dir, vectors[1])) == expected_before  # survivors untouched
 
 
+@pytest.mark.sqlite_only
 def test_deleted_collection_leaves_no_vector_on_disk(open_store: OpenStore, state_dir: Path) -> None:
     store = open_store(exact_max=0)
     _, a, b = _populate(store)

@@ -25,7 +25,7 @@ from botocore.config import Config
 from fakes import FakeEmbedder, fake_pipeline, photo
 
 from edge.cli import main
-from edge.config import FeedSettings, Settings, SyncSettings
+from edge.config import FeedSettings, Settings, StoreSettings, SyncSettings
 from edge.server.app import create_app
 from edge.server.credentials import CREDENTIALS_FILE
 from edge.store import Store
@@ -89,8 +89,11 @@ def serving(settings: Settings) -> Iterator[tuple[str, uvicorn.Server]]:
 
 
 @contextmanager
-def running_central(state_dir: Path, **feed: Any) -> Iterator[Central]:
-    settings = Settings(state_dir=state_dir, role="central", feed=FeedSettings(publish_interval_s=3600, **feed))
+def running_central(state_dir: Path, *, dsn: str | None = None, **feed: Any) -> Iterator[Central]:
+    """A central on SQLite in its state directory, or on PostgreSQL when given a connection string."""
+    store = StoreSettings(backend="postgres", postgres_dsn=dsn) if dsn else StoreSettings()
+    settings = Settings(state_dir=state_dir, role="central", store=store,
+                        feed=FeedSettings(publish_interval_s=3600, **feed))
     with serving(settings) as (url, server):
         yield Central(url, state_dir, server)
 
