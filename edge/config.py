@@ -150,7 +150,7 @@ class FeedSettings(BaseModel):
     #: refuses expired metadata and stops matching a synced collection once its last verified
     #: metadata expired: this is how long a device cut off from the central may keep serving, and so
     #: how long it may still match a person deleted at the central meanwhile. Re-signed at half-life.
-    metadata_lifetime_s: float = Field(default=3 * 86400.0, ge=60)
+    metadata_lifetime_s: float = Field(default=3 * 86400.0, ge=1)
     #: How often the central looks for new changes to publish (a device's poll also publishes at once).
     publish_interval_s: float = Field(default=2.0, gt=0)
     #: A new snapshot bundle is cut once the batches since the last one outweigh it (or this many bytes).

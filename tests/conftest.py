@@ -1,13 +1,7 @@
-"""Shared fixtures: the test data folder (outside the repo) and one loaded pipeline per range."""
+"""Shared fixtures: the test data folder (outside the repo), one loaded pipeline per range, throwaway PostgreSQL."""
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +9,7 @@ from pathlib import Path
 import pytest
 from pytest_postgresql.janitor import DatabaseJanitor
 
+from bench.postgres import pg_bindir, throwaway_postgres
 from edge.config import PipelineSettings, Settings
 from edge.evaluation.dataset import data_root
 
@@ -34,6 +29,19 @@ def faces_dev() -> Path:
 @pytest.fixture(scope="session")
 def misc() -> Path:
     return _data_dir("misc")
+
+
+PHOTOS_PER_PERSON = 5
+
+
+@pytest.fixture(scope="session")
+def people(faces_dev: Path) -> list[list[Path]]:
+    """Each person's photos, for the people of faces-dev with at least five."""
+    found = [sorted(d.glob("*.jpg")) for d in sorted(faces_dev.iterdir()) if d.is_dir()]
+    found = [photos for photos in found if len(photos) >= PHOTOS_PER_PERSON]
+    if len(found) < 2:
+        pytest.skip(f"faces-dev has fewer than two people with {PHOTOS_PER_PERSON} photos")
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -63,31 +71,11 @@ def full_range_pipeline(settings: PipelineSettings):  # type: ignore[no-untyped-
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[tuple[str, int]]:
-    """A throwaway PostgreSQL for the session, on a unix socket only, in a temporary directory outside pytest's
-    (which pytest keeps private to root). initdb refuses root, so as root it runs as Debian's `postgres` user."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    if not found:
+    """A throwaway PostgreSQL for the session, on a unix socket (bench/postgres.py)."""
+    if pg_bindir() is None:
         pytest.skip("PostgreSQL is not installed (make setup installs postgresql-15)")
-    bindir = Path(found[-1]).parent
-    root = Path(tempfile.mkdtemp(prefix="edge-face-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as probe:  # the port only names the socket file; nothing listens on TCP
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    data = root / "data"
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                    "--no-sync"], check=True, capture_output=True)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "start", "-w", "-D", str(data), "-l", str(root / "log"), "-o",
-                    f"-F -p {port} -k {root} -c listen_addresses=''"], check=True, capture_output=True)
-    try:
-        yield str(root), port
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "stop", "-D", str(data), "-m", "fast"], check=False,
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+    with throwaway_postgres() as server:
+        yield server
 
 
 @pytest.fixture

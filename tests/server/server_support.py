@@ -159,9 +159,10 @@ class Daemon:
         return self.process.wait(timeout)
 
 
-def start_daemon(state_dir: Path, *, env: Mapping[str, str] | None = None, ca_bundle: Path | None = None) -> Daemon:
-    """Start `edge-face serve` and wait until /readyz answers 200."""
-    port = free_port()
+def start_daemon(state_dir: Path, *, env: Mapping[str, str] | None = None, ca_bundle: Path | None = None,
+                 port: int | None = None) -> Daemon:
+    """Start `edge-face serve` (on `port`, or a free one) and wait until /readyz answers 200."""
+    port = port or free_port()
     log = state_dir.with_name(state_dir.name + f"-{port}.log")
     daemon_env = {**os.environ, "EDGE_FACE_SERVER__SHUTDOWN_TIMEOUT_S": "20", **(env or {})}
     with log.open("wb") as out:

@@ -7,6 +7,7 @@ the attacker on the wire (flip a byte, replay, roll back, sign with another key)
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -157,3 +158,52 @@ def files_holding(state_dir: Path, needle: bytes) -> list[str]:
 
 def vector_bytes(vector: np.ndarray) -> bytes:
     return np.asarray(vector, dtype="<f4").tobytes()
+
+
+class SlowProxy:
+    """A loopback TCP relay that passes the central's answers on at `rate` bytes/s, counting them: a test
+    kills the central while a large download is half through."""
+
+    def __init__(self, upstream_port: int, rate: float = 2e6) -> None:
+        self.upstream_port = upstream_port
+        self.rate = rate
+        self.down = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                client.close()
+                continue
+            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, throttled: bool) -> None:
+        try:
+            while data := source.recv(64 * 1024):
+                sink.sendall(data)
+                if throttled:
+                    self.down += len(data)
+                    time.sleep(len(data) / self.rate)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def close(self) -> None:
+        self._listener.close()
