@@ -80,6 +80,8 @@ class _Collection:
     """hnswlib memory still holds vectors of deleted faces (purged by reloading the scrubbed file)."""
     sync: SyncState | None = None
     """Set when the collection follows a central's feed: read-only here, searchable until it expires."""
+    promoting: bool = False
+    """Its HNSW graph is being built in the background (the exact index serves meanwhile)."""
 
 
 class _Replay(NamedTuple):
@@ -145,6 +147,7 @@ class Store:
         self._write_lock = threading.RLock()
         self._checkpoint_lock = threading.Lock()
         self._collections: dict[str, _Collection] = {}
+        self._builders: list[threading.Thread] = []
         try:
             self._db: Engine = database if database is not None else Database(state_dir / DB_FILE)
             try:
@@ -177,6 +180,8 @@ class Store:
         self._stop.set()
         if self._autosave is not None:
             self._autosave.join()
+        for builder in self._builders:
+            builder.join()
         try:
             self.checkpoint()
         finally:
@@ -498,7 +503,8 @@ class Store:
                 tx.upsert_users(changes.users)
                 tx.put_sync(sync)
             if state is None or (update.snapshot and (removed or inserted)):
-                index, seq = self._build(record)
+                # Exact at once, so the copy answers searches now; a large one gets its graph built behind.
+                index, seq = self._build(record, only_exact=True)
                 if state is None:
                     state = _Collection(record, index, RWLock(), applied_seq=seq, saved_seq=-1,
                                         recovery=Recovery("exact"))
@@ -517,9 +523,15 @@ class Store:
                     new_ids = {face.face_id for _, face in inserted}
                     rows = vectors[[i for i, face in enumerate(changes.faces) if face.face_id in new_ids]]
                     self._mutate(state, seq, lambda index: index.add(added, rows))
-                    if isinstance(state.index, ExactIndex) and len(state.index) > self._exact_max:
+                    if (isinstance(state.index, ExactIndex) and len(state.index) > self._exact_max
+                            and not state.promoting):
                         self._promote(state, state.index)
             state.sync = sync
+            if isinstance(state.index, ExactIndex) and len(state.index) > self._exact_max and not state.promoting:
+                state.promoting = True
+                builder = threading.Thread(target=self._promote_behind, args=(state,), name="store-promote")
+                self._builders.append(builder)
+                builder.start()
         if removed or gone_users:
             self.checkpoint()  # the erased vectors and ids leave the write-ahead log and index files now
 
@@ -683,12 +695,12 @@ class Store:
             state.index = hnsw
         state.saved_seq = -1
 
-    def _build(self, record: CollectionRecord) -> tuple[VectorIndex, int]:
-        """A fresh index of the collection from SQLite, and the change sequence it reflects."""
+    def _build(self, record: CollectionRecord, *, only_exact: bool = False) -> tuple[VectorIndex, int]:
+        """A fresh index of the collection from SQLite (exact if asked), and the change sequence it reflects."""
         with self._db.read() as tx:
             labels, vectors = tx.vectors(record.collection_id, record.dim)
             seq = tx.last_face_seq(record.collection_id)
-        if len(labels) <= self._exact_max:
+        if only_exact or len(labels) <= self._exact_max:
             exact = ExactIndex(record.dim)
             exact.add(labels, vectors)
             return exact, seq
@@ -752,6 +764,16 @@ class Store:
             recovery = Recovery("exact")
         index, seq = self._build(record)
         return _Collection(record, index, RWLock(), applied_seq=seq, saved_seq=-1, recovery=recovery)
+
+    def _promote_behind(self, state: _Collection) -> None:
+        """Build the graph of a large synced copy while its exact index serves, then swap it in."""
+        try:
+            self._compact(state)
+        except Exception:
+            log.exception("building the index of %s failed; it stays exact until the store reopens",
+                          state.record.collection_id)
+        finally:
+            state.promoting = False
 
     def _compact(self, state: _Collection) -> None:
         """Rebuild an index without its deleted slots; writes are held only while the tail is replayed."""

@@ -50,6 +50,7 @@ def _provision(central: Daemon, directory: Path, name: str) -> Path:
 
 
 def _start_device(directory: Path, config: Path) -> Daemon:
+    directory.mkdir(parents=True, exist_ok=True)
     return start_daemon(directory / "state", env={"EDGE_FACE_CONFIG": str(config), "EDGE_FACE_SYNC__INTERVAL_S": "0.5",
                                                   "EDGE_FACE_SYNC__MAX_BACKOFF_S": "2"})
 
