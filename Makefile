@@ -63,11 +63,19 @@ test: lint models
 test-slow: setup models $(VENV)/.peer
 	$(VENV)/bin/pytest -m slow -q
 
+# The fleet with real processes: a central (PostgreSQL and SQLite), device daemons, killed processes.
+test-sync: setup models
+	$(VENV)/bin/pytest -m slow -q tests/sync
+
 # Results land in bench/results/*.json; 1M-face stores: `make bench-1m`.
 bench: setup models $(VENV)/.peer
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m bench.pipeline --data $(FACES) --threads 1
 	$(VENV)/bin/python -m bench.http
 	$(VENV)/bin/python -m bench.store_scale --sizes 100000 --dims 128,512
+
+# Join time at 10k and 100k faces, changes per second, bytes per face, two centrals on one PostgreSQL.
+bench-sync: setup models
+	$(VENV)/bin/python -m bench.sync
 
 bench-1m: setup
 	$(VENV)/bin/python -m bench.store_scale --sizes 1000000 --dims 128 --efs 192,384,768

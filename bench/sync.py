@@ -53,14 +53,17 @@ CENTRAL_ENV = {"EDGE_FACE_ROLE": "central", "EDGE_FACE_STORE__EXACT_MAX": "10000
 
 
 class CountingFetcher(SignedFetcher):
-    """The device's fetcher, counting what arrives."""
+    """The device's fetcher, counting what arrives and the time spent waiting for it."""
 
     received = 0
+    seconds = 0.0
 
     def _fetch(self, url: str) -> Iterator[bytes]:
+        started = time.perf_counter()
         for chunk in super()._fetch(url):
             self.received += len(chunk)
             yield chunk
+        self.seconds += time.perf_counter() - started
 
 
 def _free_port() -> int:
@@ -125,9 +128,9 @@ def join(work: Path, faces: int) -> dict[str, Any]:
             out[attempt] = {"join_s": answered - started, "sync_s": synced - started,
                             "first_search_ms": 1000 * (answered - synced), "bytes": fetcher.received,
                             "bytes_per_face": fetcher.received / faces,
-                            "download_mb_s": fetcher.received / 1e6 / (synced - started)}
+                            "download_s": fetcher.seconds, "download_mb_s": fetcher.received / 1e6 / fetcher.seconds}
             if attempt == "next_device" and faces > 20_000:
-                out["index"] = index_choice(store, model, fetcher.received / (synced - started), work)
+                out["index"] = index_choice(store, model, fetcher.received / fetcher.seconds, work)
             store.close()
         return out
 

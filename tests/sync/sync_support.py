@@ -23,11 +23,10 @@ import numpy as np
 import uvicorn
 import yaml
 from botocore.config import Config
-from fakes import FakeEmbedder, fake_pipeline, photo
+from fakes import FakeEmbedder, photo, serving
 
 from edge.cli import main
 from edge.config import FeedSettings, Settings, StoreSettings, SyncSettings
-from edge.server.app import create_app
 from edge.server.credentials import CREDENTIALS_FILE
 from edge.store import Store
 from edge.sync.applier import Syncer
@@ -62,31 +61,6 @@ class Central:
 
     def cli(self, *args: str) -> int:
         return main(["central", "--state-dir", str(self.state_dir), *args])
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextmanager
-def serving(settings: Settings) -> Iterator[tuple[str, uvicorn.Server]]:
-    """The app with fake models on a free loopback port, in a thread."""
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, make_pipeline=fake_pipeline), host="127.0.0.1",
-                                           port=port, lifespan="on", log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "the app did not start"
-    try:
-        yield f"http://127.0.0.1:{port}", server
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 @contextmanager

@@ -15,8 +15,8 @@ import pytest
 import urllib3
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from fakes import photo
-from sync_support import Central, provision, serving
+from fakes import photo, serving
+from sync_support import Central, provision
 
 from edge.cli import main
 from edge.config import Settings
