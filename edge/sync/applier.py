@@ -38,6 +38,7 @@ from edge.sync.publisher import SNAPSHOT_TARGET, batch_target
 log = logging.getLogger(__name__)
 
 SYNC_DIR = "sync"
+DIR_MODE = 0o700
 TMP_DIR = "tmp"
 FEED_PATH = "/sync/v1/"
 
@@ -125,6 +126,9 @@ class Syncer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         shutil.rmtree(self._dir / TMP_DIR, ignore_errors=True)  # a download a crash left behind
+        for private in (self._dir, self._dir / TMP_DIR):  # downloads hold vectors until they are applied
+            private.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            private.chmod(DIR_MODE)
         known = store.sync_states()
         for cid in set(known) - set(settings.collections):
             log.warning("no longer following %s: deleting this device's copy", cid)

@@ -61,10 +61,6 @@ class _PgTx:
         self._conn.execute("DELETE FROM feed_metadata WHERE collection_id = %s AND role = %s AND version < %s",
                            (self.collection_id, role, below))
 
-    def drop(self) -> None:
-        for table in ("feed_files", "feed_metadata"):
-            self._conn.execute(f"DELETE FROM {table} WHERE collection_id = %s", (self.collection_id,))
-
 
 class PgFeedStorage:
     def __init__(self, dsn: str, *, pool_size: int = 4) -> None:

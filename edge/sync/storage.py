@@ -8,12 +8,15 @@ versions under one number.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Protocol
+
+from edge.files import FILE_MODE
 
 BUSY_TIMEOUT_S = 30.0
 
@@ -54,9 +57,6 @@ class FeedTx(Protocol):
 
     def prune_metadata(self, role: str, below: int) -> None: ...
 
-    def drop(self) -> None:
-        """Forget the collection's feed entirely."""
-
 
 class FeedStorage(Protocol):
     def publishing(self, collection_id: str) -> AbstractContextManager[FeedTx]:
@@ -81,28 +81,29 @@ class _SqliteTx:
     def __init__(self, conn: sqlite3.Connection, collection_id: str) -> None:
         self._conn = conn
         self._cid = self.collection_id = collection_id
+        self.wrote = False
+
+    def _write(self, sql: str, args: tuple[object, ...]) -> None:
+        self._conn.execute(sql, args)
+        self.wrote = True
 
     def latest(self, role: str) -> bytes | None:
         return _latest(self._conn, self._cid, role)
 
     def put_file(self, digest: str, body: bytes) -> None:
-        self._conn.execute("INSERT OR IGNORE INTO feed_files VALUES (?, ?, ?)", (self._cid, digest, body))
+        self._write("INSERT OR IGNORE INTO feed_files VALUES (?, ?, ?)", (self._cid, digest, body))
 
     def keep_files(self, digests: Sequence[str]) -> None:
         marks = ",".join("?" * len(digests))
-        self._conn.execute(f"DELETE FROM feed_files WHERE collection_id = ? AND digest NOT IN ({marks})",
-                           (self._cid, *digests))
+        self._write(f"DELETE FROM feed_files WHERE collection_id = ? AND digest NOT IN ({marks})",
+                    (self._cid, *digests))
 
     def put_metadata(self, role: str, version: int, body: bytes) -> None:
-        self._conn.execute("INSERT INTO feed_metadata VALUES (?, ?, ?, ?)", (self._cid, role, version, body))
+        self._write("INSERT INTO feed_metadata VALUES (?, ?, ?, ?)", (self._cid, role, version, body))
 
     def prune_metadata(self, role: str, below: int) -> None:
-        self._conn.execute("DELETE FROM feed_metadata WHERE collection_id = ? AND role = ? AND version < ?",
-                           (self._cid, role, below))
-
-    def drop(self) -> None:
-        for table in ("feed_files", "feed_metadata"):
-            self._conn.execute(f"DELETE FROM {table} WHERE collection_id = ?", (self._cid,))
+        self._write("DELETE FROM feed_metadata WHERE collection_id = ? AND role = ? AND version < ?",
+                    (self._cid, role, below))
 
 
 class SqliteFeedStorage:
@@ -110,6 +111,9 @@ class SqliteFeedStorage:
 
     def __init__(self, path: Path) -> None:
         self._path = path
+        # Private before SQLite opens it (SQLite gives its -wal and -shm files the same mode): it holds vectors.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+        os.chmod(path, FILE_MODE)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -130,13 +134,15 @@ class SqliteFeedStorage:
     def publishing(self, collection_id: str) -> Iterator[FeedTx]:
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
+        tx = _SqliteTx(conn, collection_id)
         try:
-            yield _SqliteTx(conn, collection_id)
+            yield tx
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # deleted files leave the write-ahead log too
+        if tx.wrote:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # deleted files leave the write-ahead log too
 
     def file(self, collection_id: str, digest: str) -> bytes | None:
         row = self._conn().execute("SELECT body FROM feed_files WHERE collection_id = ? AND digest = ?",

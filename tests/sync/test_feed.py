@@ -66,6 +66,9 @@ def test_device_converges_and_forgets_what_the_central_deletes(any_central: Cent
         secrets = (vector_bytes(device.store.get_face_vector("door", ann)), b"ann-badge-4711", b"user-ann-0001")
         for needle in secrets:  # the scan sees them while they are enrolled
             assert files_holding(device.state_dir, needle)
+        assert (device.state_dir / "sync").stat().st_mode & 0o777 == 0o700  # downloads wait in there
+        feed = central.state_dir / "feed.sqlite3"
+        assert not feed.exists() or feed.stat().st_mode & 0o077 == 0  # the central's published feed
 
         admin.disassociate_faces(CollectionId="door", UserId="user-ann-0001", FaceIds=[ann])
         admin.delete_user(CollectionId="door", UserId="user-ann-0001")
