@@ -130,13 +130,17 @@ def join(work: Path, faces: int) -> dict[str, Any]:
                             "bytes_per_face": fetcher.received / faces,
                             "download_s": fetcher.seconds, "download_mb_s": fetcher.received / 1e6 / fetcher.seconds}
             if attempt == "next_device" and faces > 20_000:
-                out["index"] = index_choice(store, model, fetcher.received / fetcher.seconds, work)
+                out["index"] = index_choice(store, out[attempt]["join_s"], fetcher.received / fetcher.seconds, work)
             store.close()
         return out
 
 
-def index_choice(store: Store, model: str, bytes_per_s: float, work: Path) -> dict[str, Any]:
-    """Build the graph on the device, or ship one: time both on this collection's vectors."""
+def index_choice(store: Store, join_s: float, bytes_per_s: float, work: Path) -> dict[str, Any]:
+    """Build the graph on the device, or ship one: time both on this collection's vectors.
+
+    Building, the device answers from its exact index at join time and has the graph `build_s` later;
+    shipping, the join also downloads and loads the graph (README, "Central and devices", weighs the two).
+    """
     faces, _ = store.list_faces("door", limit=10**7)
     vectors = np.stack([store.get_face_vector("door", f.face_id) for f in faces])
     labels = np.arange(len(vectors), dtype=np.int64)
@@ -152,8 +156,8 @@ def index_choice(store: Store, model: str, bytes_per_s: float, work: Path) -> di
     load_s = time.perf_counter() - started
     ship_s = load_s + size / bytes_per_s
     return {"build_on_device_s": build_s, "shipped_index_bytes": size, "shipped_load_s": load_s,
-            "shipped_transfer_s": size / bytes_per_s, "ship_total_s": ship_s,
-            "decision": "build on device" if build_s <= ship_s else "ship the index"}
+            "shipped_transfer_s": size / bytes_per_s, "join_building_s": join_s, "join_shipping_s": join_s + ship_s,
+            "graph_ready_building_s": join_s + build_s, "graph_ready_shipping_s": join_s + ship_s}
 
 
 def apply_rate(work: Path) -> dict[str, Any]:
