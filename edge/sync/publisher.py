@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from tuf.api.metadata import (
     Metadata,
@@ -35,7 +35,7 @@ from tuf.api.metadata import (
 from tuf.api.serialization.json import JSONSerializer
 
 from edge.config import FeedSettings
-from edge.store import CollectionNotFound, FeedSlice, Store
+from edge.store import CollectionNotFound, CollectionRecord, FeedSlice, Store
 from edge.sync.bundle import Bundle, encode
 from edge.sync.keys import FeedKeys
 from edge.sync.storage import FeedStorage, FeedTx
@@ -104,15 +104,12 @@ class Publisher:
             try:
                 record = self._store.get_collection(collection_id)
             except CollectionNotFound:
-                if not snapshot or info.get("deleted"):
-                    if not (resign or self._stale(timestamp)):
-                        return
-                    if not snapshot:
-                        return
-                else:
+                if snapshot and not info.get("deleted"):
                     targets = {SNAPSHOT_TARGET: self._deleted_marker(tx, info)}
                     log.info("feed of %s: collection deleted at the central", collection_id)
-                self._sign(tx, targets, previous)
+                elif not snapshot or not (resign or self._stale(timestamp)):
+                    return
+                self._sign(tx, targets, previous)  # the marker stays signed and fresh for devices still away
                 return
             same = bool(snapshot) and info.get("uid") == record.uid and not info.get("deleted")
             head = int(info.get("head", -1)) if same else -1
@@ -120,7 +117,9 @@ class Publisher:
             batch_bytes = sum(t.length for t in batches)
             compact = batch_bytes > max(snapshot.length if snapshot else 0, self._settings.compact_min_bytes)
             read = self._store.read_feed(collection_id, head if same else None,
-                                         export="always" if compact or not same else "on_delete")
+                                         export="on_delete" if same else "always")
+            if compact and read.delta is not None and read.export is None:  # one read for both, at one head
+                read = self._store.read_feed(collection_id, head, export="always")
             if same and read.head == head:
                 if resign or self._stale(timestamp):
                     self._sign(tx, targets, previous)
@@ -195,7 +194,8 @@ class Publisher:
         left = timestamp.expires.timestamp() - self._clock()
         return left < self._settings.metadata_lifetime_s / 2
 
-    def _bundle(self, tx: FeedTx, record: Any, kind: Any, changes: FeedSlice) -> bytes:
+    def _bundle(self, tx: FeedTx, record: CollectionRecord, kind: Literal["batch", "snapshot"],
+                changes: FeedSlice) -> bytes:
         body = encode(Bundle(kind, record.collection_id, record.uid, record.arn, record.face_model_version,
                              record.dim, changes))
         tx.put_file(hashlib.sha256(body).hexdigest(), body)

@@ -16,8 +16,18 @@ import pytest
 import urllib3
 from fakes import PEOPLE
 from securesystemslib.signer import CryptoSigner
-from sync_support import MODEL, Central, Device, Tamper, files_holding, open_device, provision, vector_bytes
-from tuf.api.metadata import Metadata, Timestamp
+from sync_support import (
+    MODEL,
+    Central,
+    Device,
+    Tamper,
+    files_holding,
+    open_device,
+    provision,
+    running_central,
+    vector_bytes,
+)
+from tuf.api.metadata import Metadata, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
 
 from edge.store import (
@@ -31,6 +41,7 @@ from edge.store import (
     NewFace,
 )
 from edge.sync.keys import ONLINE_KEY, load_signer
+from edge.sync.storage import SqliteFeedStorage
 
 
 def _device(central: Central, tmp_path: Path, name: str = "door-1", collections: tuple[str, ...] = ("door",),
@@ -275,3 +286,27 @@ def test_local_collections_stay_writable_beside_synced_ones(synced: Device) -> N
     synced.store.add_faces("local", [NewFace(_colour("dee"), "i", BoundingBox(0.1, 0.1, 0.1, 0.1), 99.0)],
                            model_version=MODEL)
     assert synced.store.face_count("local") == 1
+
+
+def test_batches_outgrowing_the_snapshot_are_compacted_into_a_new_one(tmp_path: Path) -> None:
+    with running_central(tmp_path / "central", compact_min_bytes=0) as central:
+        central.client().create_collection(CollectionId="door")
+        central.enrol("door", "ann")
+        current, lagging = _device(central, tmp_path, "door-1"), _device(central, tmp_path, "door-2")
+        try:
+            for device in (current, lagging):
+                assert device.sync()["door"]["error"] is None
+            for person in ("bob", "cyd", "dee", "bob", "cyd"):
+                central.enrol("door", person, f"{person}-{len(current.external_ids('door'))}")
+                assert current.sync()["door"]["error"] is None
+            storage = SqliteFeedStorage(central.state_dir / "feed.sqlite3")
+            targets = Metadata[Targets].from_bytes(storage.metadata("door", "targets", None) or b"").signed
+            storage.close()
+            assert len([name for name in targets.targets if name.startswith("batch-")]) < 5  # compacted
+            assert targets.targets["snapshot"].custom["seq"] > 1
+            assert lagging.sync()["door"]["error"] is None  # behind the compaction: from the new snapshot
+            assert lagging.external_ids("door") == current.external_ids("door")
+            assert len(current.external_ids("door")) == 6
+        finally:
+            current.close()
+            lagging.close()
