@@ -155,6 +155,9 @@ class FeedSettings(BaseModel):
     publish_interval_s: float = Field(default=2.0, gt=0)
     #: A new snapshot bundle is cut once the batches since the last one outweigh it (or this many bytes).
     compact_min_bytes: int = Field(default=4 * 1024 * 1024, ge=0)
+    #: Snapshots of at least this many faces also ship an HNSW graph the central builds over them, so a
+    #: joining device need not build its own (bench/sync.py measures both; README, "Central and devices").
+    ship_index_min_faces: int = Field(default=20_000, ge=1)
     #: Where the feed's signing keys live: root (rotation only; keep it offline in production) and the
     #: online key the central signs with. Every central instance of one database reads the same ones.
     keys_dir: Path | None = None

@@ -27,7 +27,7 @@ from edge import errors
 from edge.config import Settings
 from edge.server.auth import Authenticator, HttpRequest
 from edge.server.devices import DEVICES_FILE, DeviceRegistry
-from edge.store import Store
+from edge.store import HnswParams, Store
 from edge.sync.applier import Syncer
 from edge.sync.publisher import Publisher
 from edge.sync.storage import FeedStorage, SqliteFeedStorage
@@ -66,7 +66,8 @@ class Fleet:
         fleet = cls()
         if settings.role == "central":
             storage = feed_storage(settings)
-            publisher = Publisher(store, storage, central_keys_dir(settings), settings.feed)
+            publisher = Publisher(store, storage, central_keys_dir(settings), settings.feed,
+                                  HnswParams.from_settings(settings.store))
             devices = DeviceRegistry(devices_file(settings))
             fleet.central = Central(publisher, storage, devices, Authenticator(devices, settings.server))
             publisher.start()

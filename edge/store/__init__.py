@@ -27,6 +27,7 @@ from edge.store.models import (
     NewFace,
     Recovery,
     SearchHit,
+    ShippedIndex,
     SyncState,
     UserRecord,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "NewFace",
     "Recovery",
     "SearchHit",
+    "ShippedIndex",
     "Store",
     "StoreError",
     "StoreLocked",

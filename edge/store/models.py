@@ -154,3 +154,16 @@ class FeedUpdate:
     changes: FeedSlice
     valid_until: float
     head_seq: int
+    index: ShippedIndex | None = None
+    """A graph the central built over a snapshot's faces, used when it fits this store (else built here)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShippedIndex:
+    """An hnswlib file built over a snapshot's vectors in bundle order, labelled 0..count-1."""
+
+    data: bytes
+    count: int
+    m: int
+    ef_construction: int
+    hnswlib_version: str

@@ -39,7 +39,7 @@ from edge.store.errors import (
     UserExists,
     UserNotFound,
 )
-from edge.store.index import ExactIndex, HnswIndex, HnswParams, VectorIndex, normalize
+from edge.store.index import HNSWLIB_VERSION, ExactIndex, HnswIndex, HnswParams, VectorIndex, normalize
 from edge.store.models import (
     CollectionRecord,
     FaceAssociation,
@@ -443,6 +443,10 @@ class Store:
             snapshot = _export(tx, collection_id, head, dim) if wanted else None
         return FeedRead(state.record, head, delta, snapshot)
 
+    def index_kind(self, collection_id: str) -> Literal["exact", "hnsw"]:
+        """Which index answers the collection's searches now (a large synced copy is exact until its graph is in)."""
+        return "hnsw" if isinstance(self._state(collection_id).index, HnswIndex) else "exact"
+
     def sync_states(self) -> dict[str, SyncState]:
         """The collections this device follows, by id."""
         return {cid: state.sync for cid, state in dict(self._collections).items() if state.sync is not None}
@@ -503,8 +507,9 @@ class Store:
                 tx.upsert_users(changes.users)
                 tx.put_sync(sync)
             if state is None or (update.snapshot and (removed or inserted)):
-                # Exact at once, so the copy answers searches now; a large one gets its graph built behind.
-                index, seq = self._build(record, only_exact=True)
+                # The shipped graph, or exact at once (so the copy answers searches now) and a graph built behind.
+                shipped = self._shipped(record, update, inserted) if state is None else None
+                index, seq = (shipped, seq) if shipped is not None else self._build(record, only_exact=True)
                 if state is None:
                     state = _Collection(record, index, RWLock(), applied_seq=seq, saved_seq=-1,
                                         recovery=Recovery("exact"))
@@ -764,6 +769,27 @@ class Store:
             recovery = Recovery("exact")
         index, seq = self._build(record)
         return _Collection(record, index, RWLock(), applied_seq=seq, saved_seq=-1, recovery=recovery)
+
+    def _shipped(self, record: CollectionRecord, update: FeedUpdate,
+                 inserted: list[tuple[int, FaceRecord]]) -> HnswIndex | None:
+        """The central's graph for a fresh copy, when it fits: this store's parameters, and labels given in
+        the snapshot's order (one transaction on a fresh copy gives consecutive ones)."""
+        shipped = update.index
+        if shipped is None or not inserted or len(inserted) != shipped.count:
+            return None
+        wanted = (self._hnsw.m, self._hnsw.ef_construction, HNSWLIB_VERSION)
+        if (shipped.m, shipped.ef_construction, shipped.hnswlib_version) != wanted:
+            log.info("shipped index of %s built with other parameters; building one here", record.collection_id)
+            return None
+        first = inserted[0][0]
+        if [label for label, _ in inserted] != list(range(first, first + len(inserted))):
+            return None
+        try:
+            return HnswIndex.relabelled(shipped.data, record.dim, self._hnsw, shipped.count, first,
+                                        self._directory(record))
+        except IndexInvalid as exc:
+            log.warning("shipped index of %s refused (%s); building one here", record.collection_id, exc)
+            return None
 
     def _promote_behind(self, state: _Collection) -> None:
         """Build the graph of a large synced copy while its exact index serves, then swap it in."""

@@ -30,10 +30,10 @@ from tuf.ngclient import Updater
 from tuf.ngclient.fetcher import FetcherInterface
 
 from edge.config import SyncSettings
-from edge.store import CollectionExists, FeedOutOfOrder, FeedUpdate, Store
+from edge.store import CollectionExists, FeedOutOfOrder, FeedUpdate, ShippedIndex, Store
 from edge.sync.bundle import BundleInvalid, decode
 from edge.sync.client import SignedFetcher
-from edge.sync.publisher import SNAPSHOT_TARGET, batch_target
+from edge.sync.publisher import INDEX_TARGET, SNAPSHOT_TARGET, batch_target
 
 log = logging.getLogger(__name__)
 
@@ -242,14 +242,27 @@ class Syncer:
         self._store.note_sync(cid, valid_until=valid_until, head_seq=head)
         return head
 
+    def _download(self, updater: Updater, target: TargetFile) -> bytes:
+        """A target's bytes, checked by TUF against its signed length and hash; no copy is left behind."""
+        path = Path(updater.download_target(target))
+        try:
+            return path.read_bytes()
+        finally:
+            path.unlink(missing_ok=True)
+
+    def _shipped_index(self, updater: Updater, snapshot: TargetFile) -> ShippedIndex | None:
+        """The graph the central built over this snapshot, if it has published one yet."""
+        target = updater.get_targetinfo(INDEX_TARGET)
+        if target is None or target.custom.get("snapshot") != snapshot.hashes.get("sha256"):
+            return None
+        custom = target.custom
+        return ShippedIndex(self._download(updater, target), int(custom["count"]), int(custom["m"]),
+                            int(custom["ef_construction"]), str(custom["hnswlib_version"]))
+
     def _apply(self, updater: Updater, cid: str, target: TargetFile, info: dict[str, Any], applied: int | None,
                valid_until: float, head: int) -> int:
         """Download (length and hash checked by TUF), decode, check and apply one bundle; returns its end."""
-        path = Path(updater.download_target(target))
-        try:
-            bundle = decode(path.read_bytes())
-        finally:
-            path.unlink(missing_ok=True)
+        bundle = decode(self._download(updater, target))
         changes = bundle.changes
         expected_kind = "snapshot" if applied is None else "batch"
         expected_to = int(info["seq"]) if applied is None else int(target.custom["to"])
@@ -260,10 +273,12 @@ class Syncer:
                               f"({bundle.collection_uid}) for ({changes.from_seq}, {changes.to_seq}]")
         if bundle.face_model_version != self._model:
             raise SyncRefused("model", f"{target.path} holds faces of model {bundle.face_model_version}")
+        fresh = applied is None and cid not in self._store.sync_states()
         self._store.apply_feed(FeedUpdate(
             collection_id=cid, source=self._central, source_uid=bundle.collection_uid, arn=bundle.arn,
             face_model_version=bundle.face_model_version, dim=bundle.dim, snapshot=applied is None,
-            changes=changes, valid_until=valid_until, head_seq=head))
+            changes=changes, valid_until=valid_until, head_seq=head,
+            index=self._shipped_index(updater, target) if fresh else None))
         log.info("%s: applied %s (%d, %d] with %d faces, %d deletions", cid, bundle.kind, changes.from_seq,
                  changes.to_seq, len(changes.faces), len(changes.deleted_faces) + len(changes.deleted_users))
         return changes.to_seq

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import numpy as np
 from tuf.api.metadata import (
     Metadata,
     MetaFile,
@@ -35,14 +38,16 @@ from tuf.api.metadata import (
 from tuf.api.serialization.json import JSONSerializer
 
 from edge.config import FeedSettings
-from edge.store import CollectionNotFound, CollectionRecord, FeedSlice, Store
-from edge.sync.bundle import Bundle, encode
+from edge.store import CollectionNotFound, CollectionRecord, FeedSlice, HnswParams, Store
+from edge.store.index import HNSWLIB_VERSION, HnswIndex
+from edge.sync.bundle import Bundle, decode, encode
 from edge.sync.keys import FeedKeys
 from edge.sync.storage import FeedStorage, FeedTx
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT_TARGET = "snapshot"
+INDEX_TARGET = "index"
 BATCH_PREFIX = "batch-"
 ROOT_LIFETIME = timedelta(days=3650)
 #: Older metadata versions kept, so a device that read the timestamp just before a publication still
@@ -61,8 +66,12 @@ class Publisher:
     """Publishes every collection of one store; any number of instances may share one FeedStorage."""
 
     def __init__(self, store: Store, storage: FeedStorage, keys_dir: Path, settings: FeedSettings,
+                 hnsw: HnswParams = HnswParams(),  # noqa: B008 - frozen dataclass
                  clock: Callable[[], float] = time.time) -> None:
         self._store = store
+        self._hnsw = hnsw
+        self._index_jobs: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self._indexer: threading.Thread | None = None
         self._storage = storage
         self._keys_dir = keys_dir
         self._settings = settings
@@ -95,6 +104,7 @@ class Publisher:
         fresh); `resign` signs again regardless. A rotated online key (a newer root) is picked up here."""
         self._follow_root()
         resign = resign or self._signed_under.get(collection_id) != self._root_version
+        ship: str | None = None
         with self._storage.publishing(collection_id) as tx:
             previous = _load(tx.latest(Targets.type), Targets)
             timestamp = _load(tx.latest(Timestamp.type), Timestamp)
@@ -134,6 +144,8 @@ class Publisher:
                 body = self._bundle(tx, record, "snapshot", read.export)
                 new[SNAPSHOT_TARGET] = _target(SNAPSHOT_TARGET, body, {**base, "seq": read.head, "head": read.head,
                                                                        "deleted": False})
+                if len(read.export.faces) >= self._settings.ship_index_min_faces:
+                    ship = hashlib.sha256(body).hexdigest()
             else:
                 assert snapshot is not None
                 new[SNAPSHOT_TARGET] = _target(SNAPSHOT_TARGET, None, {**info, "head": read.head}, like=snapshot)
@@ -143,6 +155,8 @@ class Publisher:
                 new[name] = _target(name, body, {**base, "from": read.delta.from_seq, "to": read.delta.to_seq})
             self._sign(tx, new, previous)
             log.info("feed of %s: published head %d (%d files)", collection_id, read.head, len(new))
+        if ship is not None:  # once committed, where the indexer can read the snapshot
+            self._index_jobs.put((collection_id, ship))
 
     def publish_all(self) -> None:
         """Publish every collection of the store, and the deletion of collections the store no longer has."""
@@ -160,14 +174,43 @@ class Publisher:
                 log.exception("publishing the feed of %s failed", collection_id)
 
     def start(self) -> None:
-        """Publish in the background every `publish_interval_s` (a device's poll publishes at once too)."""
+        """Publish in the background every `publish_interval_s` (a device's poll publishes at once too), and
+        build the graphs that large snapshots ship with."""
         self._thread = threading.Thread(target=self._loop, name="feed-publisher", daemon=True)
         self._thread.start()
+        self._indexer = threading.Thread(target=self._index_loop, name="feed-indexer", daemon=True)
+        self._indexer.start()
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._index_jobs.put(None)
+        for thread in (self._thread, self._indexer):
+            if thread is not None:
+                thread.join()
+
+    def ship_index(self, collection_id: str, digest: str) -> None:
+        """Build the HNSW graph over a published snapshot's faces (labelled by position) and publish it beside
+        the snapshot, unless a newer snapshot replaced it meanwhile."""
+        body = self._storage.file(collection_id, digest)
+        if body is None:
+            return
+        bundle = decode(body)
+        count = len(bundle.changes.faces)
+        graph = HnswIndex.build(bundle.dim, self._hnsw, np.arange(count, dtype=np.int64), bundle.changes.vectors)
+        with tempfile.TemporaryDirectory() as scratch:
+            data = graph.raw_bytes(Path(scratch))
+        del graph
+        with self._storage.publishing(collection_id) as tx:
+            previous = _load(tx.latest(Targets.type), Targets)
+            snapshot = previous.targets.get(SNAPSHOT_TARGET) if previous else None
+            if previous is None or snapshot is None or snapshot.hashes.get("sha256") != digest:
+                return  # superseded (a deletion or a compaction cut a newer snapshot)
+            tx.put_file(hashlib.sha256(data).hexdigest(), data)
+            targets = {**previous.targets, INDEX_TARGET: _target(INDEX_TARGET, data, {
+                "snapshot": digest, "count": count, "m": self._hnsw.m, "ef_construction": self._hnsw.ef_construction,
+                "hnswlib_version": HNSWLIB_VERSION})}
+            self._sign(tx, targets, previous)
+        log.info("feed of %s: shipped the index of its %d-face snapshot", collection_id, count)
 
     # internals
 
@@ -179,6 +222,13 @@ class Publisher:
             self._root_version = current.version
             log.warning("feed root is now version %d: re-signing every feed with the current online key",
                         current.version)
+
+    def _index_loop(self) -> None:
+        while (job := self._index_jobs.get()) is not None:
+            try:
+                self.ship_index(*job)
+            except Exception:
+                log.exception("building the shipped index of %s failed", job[0])
 
     def _loop(self) -> None:
         while not self._stop.wait(self._settings.publish_interval_s):

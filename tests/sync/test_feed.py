@@ -310,3 +310,31 @@ def test_batches_outgrowing_the_snapshot_are_compacted_into_a_new_one(tmp_path: 
         finally:
             current.close()
             lagging.close()
+
+
+def test_a_joining_device_takes_the_graph_the_central_built(tmp_path: Path) -> None:
+    with running_central(tmp_path / "central", ship_index_min_faces=3) as central:
+        central.client().create_collection(CollectionId="door")
+        faces = {person: central.enrol("door", person) for person in ("ann", "bob", "cyd", "dee")}
+        first = _device(central, tmp_path, "door-1", exact_max=0)
+        try:
+            assert first.sync()["door"]["error"] is None  # cuts the snapshot; its graph is built behind
+            storage = SqliteFeedStorage(central.state_dir / "feed.sqlite3")
+            deadline = time.monotonic() + 30
+            while b'"index"' not in (storage.metadata("door", "targets", None) or b""):
+                assert time.monotonic() < deadline, "the central did not ship the index"
+                time.sleep(0.05)
+            storage.close()
+        finally:
+            first.close()
+        second = _device(central, tmp_path, "door-2", exact_max=0)
+        try:  # a local collection first, so the copy's labels do not start where the central's do
+            second.store.create_collection("local", face_model_version=MODEL, dim=3, arn="arn:local")
+            second.store.add_faces("local", [NewFace(_colour("ann"), "i", BoundingBox(0.1, 0.1, 0.1, 0.1), 99.0)] * 5,
+                                   model_version=MODEL)
+            assert second.sync()["door"]["error"] is None
+            assert second.store.index_kind("door") == "hnsw"  # at once: nothing was built on the device
+            for person, face_id in faces.items():
+                assert second.store.search("door", _colour(person), model_version=MODEL, k=1)[0].face.face_id == face_id
+        finally:
+            second.close()
