@@ -4,8 +4,8 @@ and how fast two central instances on one PostgreSQL enrol. Results go to bench/
 - Join: a central (`edge-face serve --role central`, its own process) holds 10k and 100k synthetic faces
   of the real model; a new device (Store + Syncer in this process, as in the daemon) syncs and answers a
   first search. Timed for the first device (the central cuts the snapshot) and the next one.
-- Index: building the hnswlib graph on the device from the snapshot's vectors, against shipping a built
-  graph (its load time plus its bytes at the throughput the snapshot arrived with).
+- Index: the next device joins once the central has shipped the snapshot's graph (built behind it); what
+  building that graph on the device would take instead is timed on the same vectors.
 - Changes per second: batches of 100 new faces and 20 deletions applied to a 10k copy (store only).
 - Bytes per enrolled face: the snapshot per face, and one sync after enrolling 1 and 20 real photos.
 - Enrolment: IndexFaces of real photos by 4 client threads against one central, then two, on one PostgreSQL.
@@ -38,13 +38,14 @@ from bench.machine import cpu_model
 from bench.postgres import create_database, throwaway_postgres
 from bench.synthetic import SyntheticFaces, new_faces
 from edge.cli import main as cli
-from edge.config import SyncSettings
+from edge.config import FeedSettings, SyncSettings
 from edge.evaluation.dataset import data_root
 from edge.server.credentials import CREDENTIALS_FILE
 from edge.store import BoundingBox, FaceRecord, FeedSlice, FeedUpdate, HnswParams, Store
 from edge.store.index import HnswIndex
 from edge.sync.applier import Syncer
 from edge.sync.client import SignedFetcher
+from edge.sync.storage import SqliteFeedStorage
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DIM = 128
@@ -113,10 +114,14 @@ def device(work: Path, central_dir: Path, port: int, model: str, name: str) -> t
 
 
 def join(work: Path, faces: int) -> dict[str, Any]:
+    """The first device joins as the central cuts the snapshot; the next one once the central has shipped the
+    snapshot's graph (above `feed.ship_index_min_faces`)."""
     central_dir = work / f"central-{faces}"
     with central(central_dir, faces) as (port, model):
         out: dict[str, Any] = {"faces": faces}
         for attempt in ("first_device", "next_device"):
+            if attempt == "next_device" and faces >= FeedSettings().ship_index_min_faces:
+                out["central_index_wait_s"] = wait_for_index(central_dir)
             store, syncer, fetcher = device(work, central_dir, port, model, f"{attempt}-{faces}")
             query = SyntheticFaces(DIM, max(1, faces // 5), seed=1).sample(np.array([3]), 99)[0]
             started = time.perf_counter()
@@ -126,38 +131,34 @@ def join(work: Path, faces: int) -> dict[str, Any]:
             answered = time.perf_counter()
             assert status.reason is None and store.face_count("door") == faces and hit, status
             out[attempt] = {"join_s": answered - started, "sync_s": synced - started,
-                            "first_search_ms": 1000 * (answered - synced), "bytes": fetcher.received,
-                            "bytes_per_face": fetcher.received / faces,
+                            "first_search_ms": 1000 * (answered - synced), "index": store.index_kind("door"),
+                            "bytes": fetcher.received, "bytes_per_face": fetcher.received / faces,
                             "download_s": fetcher.seconds, "download_mb_s": fetcher.received / 1e6 / fetcher.seconds}
-            if attempt == "next_device" and faces > 20_000:
-                out["index"] = index_choice(store, out[attempt]["join_s"], fetcher.received / fetcher.seconds, work)
+            if attempt == "next_device" and faces >= FeedSettings().ship_index_min_faces:
+                out["build_on_device_s"] = build_time(store)
             store.close()
         return out
 
 
-def index_choice(store: Store, join_s: float, bytes_per_s: float, work: Path) -> dict[str, Any]:
-    """Build the graph on the device, or ship one: time both on this collection's vectors.
+def wait_for_index(central_dir: Path) -> float:
+    """Seconds until the central publishes the graph of the snapshot it just cut (built behind it)."""
+    storage = SqliteFeedStorage(central_dir / "feed.sqlite3")
+    started = time.perf_counter()
+    try:
+        while b'"index"' not in (storage.metadata("door", "targets", None) or b""):
+            time.sleep(0.5)
+        return time.perf_counter() - started
+    finally:
+        storage.close()
 
-    Building, the device answers from its exact index at join time and has the graph `build_s` later;
-    shipping, the join also downloads and loads the graph (README, "Central and devices", weighs the two).
-    """
+
+def build_time(store: Store) -> float:
+    """What building the graph on the device instead takes, on the same vectors."""
     faces, _ = store.list_faces("door", limit=10**7)
     vectors = np.stack([store.get_face_vector("door", f.face_id) for f in faces])
-    labels = np.arange(len(vectors), dtype=np.int64)
-    params = HnswParams()
     started = time.perf_counter()
-    built = HnswIndex.build(DIM, params, labels, vectors)
-    build_s = time.perf_counter() - started
-    record = store.get_collection("door")
-    built.save(work / "shipped", record, 0)
-    size = (work / "shipped" / "index.bin").stat().st_size
-    started = time.perf_counter()
-    HnswIndex.load(work / "shipped", record, params)
-    load_s = time.perf_counter() - started
-    ship_s = load_s + size / bytes_per_s
-    return {"build_on_device_s": build_s, "shipped_index_bytes": size, "shipped_load_s": load_s,
-            "shipped_transfer_s": size / bytes_per_s, "join_building_s": join_s, "join_shipping_s": join_s + ship_s,
-            "graph_ready_building_s": join_s + build_s, "graph_ready_shipping_s": join_s + ship_s}
+    HnswIndex.build(DIM, HnswParams(), np.arange(len(vectors), dtype=np.int64), vectors)
+    return time.perf_counter() - started
 
 
 def apply_rate(work: Path) -> dict[str, Any]:
