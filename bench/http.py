@@ -95,10 +95,11 @@ def fill(state_dir: Path, settings: Settings, query: bytes, faces_dev: Path, tot
             "model": record.face_model_version}
 
 
-def start(state_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    """`edge-face serve`, as systemd runs it; returns once /readyz answers."""
+def start(state_dir: Path, port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`edge-face serve`, as systemd runs it (with `env` added to this environment); returns once /readyz answers."""
     process = subprocess.Popen([sys.executable, "-m", "edge.cli", "serve", "--state-dir", str(state_dir),
-                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, **(env or {})})
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
         try:

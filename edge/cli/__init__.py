@@ -140,6 +140,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the Rekognition-compatible daemon until SIGTERM or Ctrl-C."""
     from edge.server.app import serve
 
+    if args.role:
+        settings = settings.model_copy(update={"role": args.role})
     return serve(settings, state_dir=args.state_dir, host=args.host, port=args.port)
 
 
@@ -334,6 +336,81 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _at(settings: Settings, state_dir: str | None) -> Settings:
+    return settings.model_copy(update={"state_dir": Path(state_dir)}) if state_dir else settings
+
+
+def cmd_central(args: argparse.Namespace, settings: Settings) -> int:
+    """The central's fleet administration: device keys and the feed's online signing key."""
+    import yaml
+
+    from edge.files import write_private
+    from edge.server.devices import DeviceRegistry
+    from edge.server.fleet import central_keys_dir, devices_file, feed_storage
+    from edge.sync.keys import FeedKeys
+    from edge.sync.publisher import ensure_root, rotate_online_key
+
+    settings = _at(settings, args.state_dir)
+    settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    registry = DeviceRegistry(devices_file(settings))
+    if args.action == "list-devices":
+        for device in registry.devices():
+            print(f"{device.name}\t{device.access_key_id}\t{','.join(device.collections)}")
+        return 0
+    if args.action == "revoke-device":
+        if not registry.revoke(args.name):
+            print(f"no device named {args.name!r}", file=sys.stderr)
+            return 1
+        print(f"revoked {args.name}: its key is refused from now on; the other devices are untouched")
+        return 0
+    storage = feed_storage(settings)
+    try:
+        if args.action == "rotate-key":
+            version = rotate_online_key(storage, central_keys_dir(settings))
+            print(f"new online key; root version {version} names it. Running centrals re-sign every feed with it "
+                  "and devices move to it on their next sync.")
+            return 0
+        ensure_root(storage, FeedKeys.load_or_create(central_keys_dir(settings)))
+        root = storage.root(None)
+        assert root is not None
+        device = registry.add(args.name, [c for c in args.collections.split(",") if c])
+        out = Path(args.out)
+        out.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_private(out / "root.json", root)
+        config = {"sync": {"central_url": args.url, "access_key_id": device.access_key_id,
+                           "secret_access_key": device.secret_access_key, "collections": device.collections,
+                           "root": str((out / "root.json").resolve())}}
+        write_private(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        print(f"device {device.name} may read {', '.join(device.collections)}. Copy {out}/ to it (it holds the "
+              f"device's secret key) and start it with\n  EDGE_FACE_CONFIG={out.resolve()}/config.yaml "
+              "edge-face serve")
+        return 0
+    finally:
+        storage.close()
+
+
+def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
+    """Ask the running daemon to sync now; prints each followed collection's state."""
+    import urllib3
+
+    from edge.server.credentials import KeyStore
+    from edge.server.status import local_url
+    from edge.sync.client import SignedFetcher
+
+    settings = _at(settings, args.state_dir)
+    admin = next(k for k in KeyStore(settings.state_dir).all() if k.scope == "admin" and k.revoked_at is None)
+    server = settings.server
+    url = args.url or local_url(server)
+    signer = SignedFetcher(admin.access_key_id, admin.secret_access_key, timeout_s=600, ca_bundle=server.tls_cert)
+    pool = urllib3.PoolManager(ca_certs=str(server.tls_cert) if server.tls_cert else None, retries=False)
+    response = pool.request("POST", url + "/sync", headers=signer.signed_headers("POST", url + "/sync"),
+                            timeout=600)
+    body = json.loads(response.data or b"{}")
+    print(json.dumps(body, indent=2))
+    failed = response.status != 200 or any(status.get("error") for status in body.values())
+    return 1 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge-face", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -365,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "~/.local/share/edge-face)")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    p.add_argument("--role", choices=["device", "central"],
+                   help="central: also publish every collection's signed feed to devices (default: device)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
@@ -430,6 +509,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     rotate.add_argument("key", help="its access key id or name")
     rotate.add_argument("--keep-old", action="store_true", help="leave the old key valid until revoked")
     p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("central", help="the central's device keys and feed signing key")
+    p.add_argument("--state-dir", help="the central's state directory")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("add-device", help="a key for one device, scoped to collections; writes its config")
+    a.add_argument("name")
+    a.add_argument("--collections", required=True, help="comma-separated collection ids the device follows")
+    a.add_argument("--url", required=True, help="the central's URL as the device reaches it")
+    a.add_argument("--out", required=True, help="folder for the device's config.yaml and root.json")
+    a = actions.add_parser("revoke-device", help="refuse one device's key from now on")
+    a.add_argument("name")
+    actions.add_parser("list-devices", help="every device key and its collections")
+    actions.add_parser("rotate-key", help="replace the feed's online signing key (a new root names it)")
+    p.set_defaults(func=cmd_central)
+
+    p = sub.add_parser("sync", help="make the running device daemon sync its collections now")
+    p.add_argument("--state-dir", help="the device's state directory (its admin key is read from it)")
+    p.add_argument("--url", help="the daemon's URL (default: from the server settings)")
+    p.set_defaults(func=cmd_sync)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)

@@ -130,6 +130,7 @@ class Rekognition:
     def index_faces(self, p: dict[str, Any]) -> dict[str, Any]:
         cid = p["CollectionId"]
         record = self.store.get_collection(cid)
+        self.store.check_writable(cid)  # before the pipeline runs: a synced collection is enrolled centrally
         all_attributes = "ALL" in p.get("DetectionAttributes", [])
         level = QualityFilter(p.get("QualityFilter", "AUTO"))
         # Faces the quality filter refuses are left out first, then the smallest beyond MaxFaces

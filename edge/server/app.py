@@ -36,6 +36,7 @@ from edge.rekognition.tokens import token_secret
 from edge.server.auth import Authenticator, HostCheck, HttpRequest, is_loopback, key_id
 from edge.server.connections import guarded_protocol, quiet_accept_errors
 from edge.server.credentials import CREDENTIALS_FILE, KeyStore
+from edge.server.fleet import Fleet, SyncCollector, router
 from edge.server.logs import RateLimitedLog
 from edge.server.metrics import Metrics
 from edge.server.pool import InferencePool
@@ -95,6 +96,12 @@ class Daemon:
             raise
         # Operations without an image never touch a pipeline, so any worker's facade serves them.
         self.rekognition = workers[0]
+        try:
+            self.fleet = Fleet.open(settings, self.store, self.rekognition.face_model_version)
+        except BaseException:
+            self.pool.close()
+            self.store.close()
+            raise
         metrics.watch(self.store, lambda: self.pool.admitted)
         publish(settings.state_dir, settings.server, self.rekognition.pipeline.info,
                 {cid: r.kind for cid, r in self.store.recovery.items()})
@@ -142,6 +149,7 @@ class Daemon:
         """After in-flight requests: finish the pool's jobs, then checkpoint and unlock the store."""
         withdraw(self.settings.state_dir)
         try:
+            self.fleet.close()
             self.pool.close()
         finally:
             self.store.close()
@@ -167,6 +175,9 @@ def create_app(settings: Settings, *, make_pipeline: PipelineFactory = FacePipel
     app.state.daemon = None
     app.state.metrics = metrics
     app.add_middleware(RequestIdMiddleware)
+    app.include_router(router(lambda request: request.app.state.daemon))
+    metrics.registry.register(SyncCollector(
+        lambda: app.state.daemon.fleet.syncer if app.state.daemon is not None else None))
 
     @app.exception_handler(HTTPException)
     async def not_an_operation(request: Request, exc: HTTPException) -> Response:
@@ -223,6 +234,9 @@ def create_app(settings: Settings, *, make_pipeline: PipelineFactory = FacePipel
         if await run_in_threadpool(daemon.may_observe, request):
             answer |= {"reason": health.reason, "free_bytes": health.free_bytes,
                        "erasure_pending": health.erasure_pending}
+            sync = daemon.fleet.sync_detail()
+            if sync is not None:
+                answer["sync"] = sync
         return _json(200 if health.writable else 503, answer)
 
     @app.get("/metrics")

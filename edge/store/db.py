@@ -14,14 +14,14 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
 from edge.files import FILE_MODE
 from edge.store.errors import CheckpointBlocked, StoreError, storage_error
 from edge.store.index import Labels
-from edge.store.models import BoundingBox, CollectionRecord, FaceRecord, NewFace, UserRecord, Vector
+from edge.store.models import BoundingBox, CollectionRecord, FaceRecord, NewFace, SyncState, UserRecord, Vector
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
@@ -114,12 +114,29 @@ CREATE INDEX changes_by_collection ON changes (collection_id, seq);
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
+# Collections this device follows from a central (edge/sync). Created where missing, so a state
+# directory from before fleet sync opens unchanged.
+_SYNC_SCHEMA = """
+CREATE TABLE IF NOT EXISTS synced_collections (
+    collection_id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    source_uid TEXT NOT NULL,
+    applied_seq INTEGER NOT NULL,
+    valid_until REAL NOT NULL,
+    synced_at REAL NOT NULL,
+    head_seq INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+#: Face ids per IN (...) query: SQLite allows 32766 variables; fewer keep each statement small.
+ID_CHUNK = 500
+
 _FACE_COLUMNS = (
     "label, face_id, collection_id, image_id, external_image_id, bbox_width, bbox_height, bbox_left,"
     " bbox_top, confidence, index_faces_model_version, user_id, created_at"
 )
 _COLLECTION_COLUMNS = "collection_id, arn, face_model_version, dim, created_at, uid"
 _USER_COLUMNS = "collection_id, user_id, status, created_at"
+_SYNC_COLUMNS = "collection_id, source, source_uid, applied_seq, valid_until, synced_at, head_seq"
 
 T = TypeVar("T")
 
@@ -152,10 +169,31 @@ def _face(row: tuple[Any, ...]) -> tuple[int, FaceRecord]:
     )
 
 
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchmany(self, size: int = ...) -> list[Any]: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """What the queries need of a connection: sqlite3's, or the PostgreSQL adapter in `edge.store.pg`."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> object: ...
+
+
 class Tx:
     """Queries run inside one transaction of one connection (see Database.read / Database.write)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     # collections
@@ -213,7 +251,7 @@ class Tx:
             cur = self._conn.execute(
                 "INSERT INTO faces (face_id, collection_id, image_id, external_image_id, bbox_width,"
                 " bbox_height, bbox_left, bbox_top, confidence, index_faces_model_version, vector,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING label",
                 (
                     record.face_id,
                     collection_id,
@@ -229,7 +267,7 @@ class Tx:
                     at,
                 ),
             )
-            inserted.append((int(cur.lastrowid or 0), record))
+            inserted.append((int(cur.fetchone()[0]), record))
         return inserted
 
     def faces_by_ids(self, collection_id: str, face_ids: Sequence[str]) -> dict[str, tuple[int, FaceRecord]]:
@@ -443,9 +481,134 @@ class Tx:
         ).fetchone()
         return int(row[0]) if row else 0
 
+    # fleet sync: the central reads its feed, the device applies it
+
+    def collection_head(self, collection_id: str) -> int:
+        """The collection's latest change sequence (0 if none)."""
+        row = self._conn.execute("SELECT max(seq) FROM changes WHERE collection_id = ?", (collection_id,)).fetchone()
+        return int(row[0] or 0)
+
+    def changes_between(self, collection_id: str, after: int, upto: int) -> list[tuple[ChangeKind, str, str | None]]:
+        """(kind, object id, user id) of the collection's changes in (after, upto], in order."""
+        rows = self._conn.execute(
+            "SELECT kind, object_id, user_id FROM changes WHERE collection_id = ? AND seq > ? AND seq <= ?"
+            " ORDER BY seq",
+            (collection_id, after, upto),
+        )
+        return [(kind, object_id, user_id) for kind, object_id, user_id in rows]
+
+    def faces_with_vectors(
+        self, collection_id: str, face_ids: Sequence[str] | None
+    ) -> tuple[list[FaceRecord], list[bytes]]:
+        """Faces (all of the collection when face_ids is None) with their stored vectors, by face id."""
+        sql = f"SELECT {_FACE_COLUMNS}, vector FROM faces WHERE collection_id = ?"
+        if face_ids is None:
+            chunks: list[tuple[object, ...]] = [(collection_id,)]
+        else:
+            ids = list(face_ids)
+            chunks = [(collection_id, *ids[i : i + ID_CHUNK]) for i in range(0, len(ids), ID_CHUNK)]
+        faces: list[FaceRecord] = []
+        blobs: list[bytes] = []
+        for args in chunks:
+            query = sql if face_ids is None else sql + f" AND face_id IN ({_marks(args[1:])})"
+            for row in self._conn.execute(query + " ORDER BY face_id", args):
+                faces.append(_face(row[:-1])[1])
+                blobs.append(row[-1])
+        return faces, blobs
+
+    def users_by_ids(self, collection_id: str, user_ids: Sequence[str] | None) -> list[UserRecord]:
+        """Users (all of the collection when user_ids is None), by user id."""
+        if user_ids is None:
+            return self.list_users(collection_id, None, -1)
+        ids = list(user_ids)
+        found: list[UserRecord] = []
+        for i in range(0, len(ids), ID_CHUNK):
+            chunk = ids[i : i + ID_CHUNK]
+            rows = self._conn.execute(
+                f"SELECT {_USER_COLUMNS} FROM users WHERE collection_id = ? AND user_id IN ({_marks(chunk)})"
+                " ORDER BY user_id",
+                (collection_id, *chunk),
+            )
+            found.extend(UserRecord(*row) for row in rows)
+        return found
+
+    def face_labels(self, collection_id: str) -> dict[str, int]:
+        """Every face id of the collection and its index label."""
+        rows = self._conn.execute("SELECT face_id, label FROM faces WHERE collection_id = ?", (collection_id,))
+        return dict(rows.fetchall())
+
+    def upsert_faces(self, faces: Sequence[FaceRecord], vectors: Vector) -> list[tuple[int, FaceRecord]]:
+        """Insert faces under their given ids, or update the user of those already here (a face's vector and
+        image never change). Returns (label, record) of the inserted ones."""
+        existing: dict[str, int] = {}
+        by_collection: dict[str, list[str]] = {}
+        for face in faces:
+            by_collection.setdefault(face.collection_id, []).append(face.face_id)
+        for collection_id, ids in by_collection.items():
+            existing.update((fid, label) for fid, (label, _) in self.faces_by_ids_chunked(collection_id, ids).items())
+        inserted = []
+        for face, vector in zip(faces, vectors, strict=True):
+            if face.face_id in existing:
+                self._conn.execute("UPDATE faces SET user_id = ? WHERE label = ?", (face.user_id,
+                                                                                    existing[face.face_id]))
+                continue
+            box = face.bounding_box
+            cur = self._conn.execute(
+                "INSERT INTO faces (face_id, collection_id, image_id, external_image_id, bbox_width,"
+                " bbox_height, bbox_left, bbox_top, confidence, index_faces_model_version, user_id, vector,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING label",
+                (face.face_id, face.collection_id, face.image_id, face.external_image_id, box.width, box.height,
+                 box.left, box.top, face.confidence, face.index_faces_model_version, face.user_id,
+                 np.asarray(vector, dtype="<f4").tobytes(), face.created_at),
+            )
+            inserted.append((int(cur.fetchone()[0]), face))
+        return inserted
+
+    def faces_by_ids_chunked(self, collection_id: str, face_ids: Sequence[str]) -> dict[str, tuple[int, FaceRecord]]:
+        found: dict[str, tuple[int, FaceRecord]] = {}
+        for i in range(0, len(face_ids), ID_CHUNK):
+            found.update(self.faces_by_ids(collection_id, face_ids[i : i + ID_CHUNK]))
+        return found
+
+    def upsert_users(self, users: Sequence[UserRecord]) -> None:
+        self._conn.executemany(
+            f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?) ON CONFLICT (collection_id, user_id)"
+            " DO UPDATE SET status = excluded.status, created_at = excluded.created_at",
+            [(u.collection_id, u.user_id, u.status, u.created_at) for u in users],
+        )
+
+    def user_ids(self, collection_id: str) -> set[str]:
+        rows = self._conn.execute("SELECT user_id FROM users WHERE collection_id = ?", (collection_id,))
+        return {user_id for (user_id,) in rows}
+
+    def get_sync(self, collection_id: str) -> SyncState | None:
+        row = self._conn.execute(
+            f"SELECT {_SYNC_COLUMNS} FROM synced_collections WHERE collection_id = ?", (collection_id,)
+        ).fetchone()
+        return SyncState(*row) if row else None
+
+    def list_sync(self) -> list[SyncState]:
+        return [SyncState(*row) for row in self._conn.execute(f"SELECT {_SYNC_COLUMNS} FROM synced_collections")]
+
+    def put_sync(self, state: SyncState) -> None:
+        self._conn.execute(
+            f"INSERT INTO synced_collections ({_SYNC_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (collection_id) DO UPDATE SET source = excluded.source, source_uid = excluded.source_uid,"
+            " applied_seq = excluded.applied_seq, valid_until = excluded.valid_until, synced_at = excluded.synced_at,"
+            " head_seq = excluded.head_seq",
+            (state.collection_id, state.source, state.source_uid, state.applied_seq, state.valid_until,
+             state.synced_at, state.head_seq),
+        )
+
+    def delete_sync(self, collection_id: str) -> None:
+        self._conn.execute("DELETE FROM synced_collections WHERE collection_id = ?", (collection_id,))
+
 
 class Database:
     """One SQLite connection per thread, so readers never wait on the writer under WAL."""
+
+    shared = False
+    """Only this process writes the file (the store's flock on the state directory sees to it)."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
@@ -469,6 +632,7 @@ class Database:
             conn.executescript(f"BEGIN IMMEDIATE; {_REQUESTS} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
         elif version != SCHEMA_VERSION:
             raise StoreError(f"{path}: schema version {version}, this build knows {SCHEMA_VERSION}")
+        conn.executescript(_SYNC_SCHEMA)
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -505,8 +669,12 @@ class Database:
         """A consistent snapshot across several queries."""
         return self._transaction("BEGIN DEFERRED")
 
-    def write(self) -> AbstractContextManager[Tx]:
-        """A write transaction; it is durable once the with-block exits without error."""
+    def write(self, collection_id: str | None = None) -> AbstractContextManager[Tx]:
+        """A write transaction; it is durable once the with-block exits without error.
+
+        SQLite has one writer at a time; `collection_id` matters to the shared engine (edge.store.pg), where
+        it serialises the writers of that collection.
+        """
         return self._transaction("BEGIN IMMEDIATE")
 
     def checkpoint(self, *, scrub: bool = False, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:

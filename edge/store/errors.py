@@ -114,3 +114,25 @@ def storage_error(exc: OSError | sqlite3.Error) -> StoreUnwritable | None:
         return None
     reason, full = found
     return StoreUnwritable(f"{reason} ({exc})", full=full)
+
+
+class CollectionReadOnly(StoreError):
+    """A collection this device follows from a central: it is enrolled there, never changed here."""
+
+    def __init__(self, collection_id: str, source: str) -> None:
+        super().__init__(f"collection {collection_id!r} is synced from {source}: enrol there")
+        self.collection_id = collection_id
+        self.source = source
+
+
+class CollectionStale(StoreError):
+    """A synced collection whose feed metadata expired: it may still hold people deleted at the central."""
+
+    def __init__(self, collection_id: str, valid_until: float) -> None:
+        super().__init__(f"collection {collection_id!r} has not been synced since its feed expired")
+        self.collection_id = collection_id
+        self.valid_until = valid_until
+
+
+class FeedOutOfOrder(StoreError):
+    """A batch that does not start where this device's copy stands: applying it would lose or repeat changes."""

@@ -259,6 +259,49 @@ class HnswIndex:
             fsync_path(json_tmp)
         return manifest
 
+    def raw_bytes(self, directory: Path) -> bytes:
+        """The graph as hnswlib saves it (to ship a built graph over a snapshot's faces)."""
+        path = directory / f".{INDEX_FILE}.{os.getpid()}.ship"
+        try:
+            self._raw.save_index(str(path))
+            return path.read_bytes()
+        finally:
+            path.unlink(missing_ok=True)
+
+    @classmethod
+    def relabelled(cls, data: bytes, dim: int, params: HnswParams, count: int, first_label: int,
+                   directory: Path) -> HnswIndex:
+        """Load a graph built elsewhere over labels 0..count-1 as labels first_label..first_label+count-1.
+
+        The header is checked against this store's dim and parameters (IndexInvalid otherwise); each
+        level-0 record ends with its label, which is shifted in place before hnswlib reads the file.
+        """
+        size, _ = _check_header(data[:_HEADER.size], dim, params, count)
+        if len(data) < _HEADER.size + count * size:
+            raise IndexInvalid("shipped index shorter than its elements")
+        path = directory / f".{INDEX_FILE}.{os.getpid()}.shipped"
+        directory.mkdir(parents=True, exist_ok=True)
+        with replacing(path) as tmp:
+            tmp.write_bytes(data)
+        try:
+            records = np.memmap(path, dtype=np.uint8, mode="r+", offset=_HEADER.size, shape=(count, size))
+            labels = records[:, size - 8 :].view("<u8")
+            if not np.array_equal(np.sort(labels[:, 0]), np.arange(count, dtype=np.uint64)):
+                raise IndexInvalid("shipped index is not labelled by position")
+            labels += np.uint64(first_label)
+            records.flush()
+            del records, labels
+            raw = hnswlib.Index(space=SPACE, dim=dim)
+            try:
+                raw.load_index(str(path), allow_replace_deleted=True)
+            except (RuntimeError, MemoryError) as exc:
+                raise IndexInvalid(f"hnswlib cannot load the shipped index: {exc}") from exc
+            if raw.element_count != count:
+                raise IndexInvalid(f"shipped index holds {raw.element_count} elements, expected {count}")
+            return cls(raw, params, deleted=0)
+        finally:
+            path.unlink(missing_ok=True)
+
     @classmethod
     def load(cls, directory: Path, collection: CollectionRecord, params: HnswParams) -> tuple[HnswIndex, Manifest]:
         """Load a saved index only if every check passes; otherwise raise IndexInvalid."""

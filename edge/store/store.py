@@ -17,10 +17,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple, TypeVar
+from typing import Literal, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -33,8 +33,11 @@ from edge.store.errors import (
     CheckpointBlocked,
     CollectionExists,
     CollectionNotFound,
+    CollectionReadOnly,
+    CollectionStale,
     FaceModelMismatch,
     FaceNotFound,
+    FeedOutOfOrder,
     IndexInvalid,
     RequestMismatch,
     StoreLocked,
@@ -43,15 +46,19 @@ from edge.store.errors import (
     UserNotFound,
     storage_error,
 )
-from edge.store.index import ExactIndex, HnswIndex, HnswParams, Labels, VectorIndex, normalize
+from edge.store.index import HNSWLIB_VERSION, ExactIndex, HnswIndex, HnswParams, Labels, VectorIndex, normalize
 from edge.store.models import (
     CollectionRecord,
     FaceAssociation,
     FaceDeletion,
     FaceRecord,
+    FeedRead,
+    FeedSlice,
+    FeedUpdate,
     NewFace,
     Recovery,
     SearchHit,
+    SyncState,
     UserRecord,
     Vector,
 )
@@ -86,6 +93,10 @@ class _Collection:
     recovery: Recovery
     unpurged: bool = False
     """hnswlib memory still holds vectors of deleted faces (purged by reloading the scrubbed file)."""
+    sync: SyncState | None = None
+    """Set when the collection follows a central's feed: read-only here, searchable until it expires."""
+    promoting: bool = False
+    """Its HNSW graph is being built in the background (the exact index serves meanwhile)."""
 
 
 class _Replay(NamedTuple):
@@ -107,12 +118,33 @@ class StoreHealth:
     erasure_pending: bool
 
 
+class Engine(Protocol):
+    """The database under the store: SQLite (`Database`, this process only) or PostgreSQL (`edge.store.pg`,
+    `shared` with other instances, whose changes each instance replays into its own index)."""
+
+    shared: bool
+
+    def read(self) -> AbstractContextManager[Tx]: ...
+
+    def write(self, collection_id: str | None = None) -> AbstractContextManager[Tx]: ...
+
+    def checkpoint(self, *, scrub: bool = False, busy_timeout_ms: int = ...) -> None: ...
+
+    def close(self) -> None: ...
+
+
 def open_store(state_dir: Path, settings: StoreSettings, *, autosave: bool = True) -> Store:
-    """A store configured from the `store` settings section."""
+    """A store configured from the `store` settings section (SQLite in the state directory, or PostgreSQL)."""
+    database: Engine | None = None
+    if settings.backend == "postgres":
+        from edge.store.pg import PgDatabase
+
+        assert settings.postgres_dsn is not None
+        database = PgDatabase(settings.postgres_dsn, pool_size=settings.postgres_pool_size)
     return Store(state_dir, exact_max=settings.exact_max, hnsw=HnswParams.from_settings(settings),
                  checkpoint_interval_s=settings.checkpoint_interval_s if autosave else None,
                  compact_ratio=settings.compact_ratio, change_log_retention_s=settings.change_log_retention_s,
-                 reserve_bytes=settings.reserve_bytes, access_log_days=settings.access_log_days)
+                 reserve_bytes=settings.reserve_bytes, access_log_days=settings.access_log_days, database=database)
 
 
 class Store:
@@ -133,6 +165,7 @@ class Store:
         change_log_retention_s: float = _DEFAULTS.change_log_retention_s,
         reserve_bytes: int = _DEFAULTS.reserve_bytes,
         access_log_days: float = _DEFAULTS.access_log_days,
+        database: Engine | None = None,
     ) -> None:
         self._state_dir = state_dir
         self._exact_max = exact_max
@@ -151,16 +184,18 @@ class Store:
         opened = _make_private(state_dir)
         if opened:
             log.warning("made private (they were open to other users): %s", ", ".join(opened))
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.RLock()
         self._checkpoint_lock = threading.Lock()
         self._collections: dict[str, _Collection] = {}
+        self._builders: list[threading.Thread] = []
         try:
-            self._db = Database(state_dir / DB_FILE)
+            self._db: Engine = database if database is not None else Database(state_dir / DB_FILE)
             try:
                 self.access_log = AccessLog(state_dir / LOG_FILE)
-                # A crash between a deletion's commit and its log erasure leaves rows of people the store
-                # no longer holds: they go now.
-                self.access_log.forget_absent(state_dir / DB_FILE)
+                if not self._db.shared:
+                    # A crash between a deletion's commit and its log erasure leaves rows of people the store
+                    # no longer holds: they go now.
+                    self.access_log.forget_absent(state_dir / DB_FILE)
                 self._open_collections()
                 with self._db.read() as tx:  # a crash may have come between a deletion and its scrub
                     self._erasure_due = tx.last_deletion_seq() > tx.scrubbed_seq()
@@ -194,6 +229,8 @@ class Store:
         self._nudge.set()
         if self._autosave is not None:
             self._autosave.join()
+        for builder in self._builders:
+            builder.join()
         try:
             self.checkpoint()
         finally:
@@ -219,7 +256,7 @@ class Store:
             uid=uuid.uuid4().hex,
         )
         with self._write_lock:
-            with self._write() as tx:
+            with self._write(collection_id) as tx:
                 if tx.get_collection(collection_id) is not None:
                     raise CollectionExists(collection_id)
                 tx.insert_collection(record)
@@ -232,19 +269,7 @@ class Store:
     def delete_collection(self, collection_id: str) -> None:
         """Delete the collection with all its faces and users, vectors included (rows, index, files)."""
         with self._write_lock:
-            state = self._state(collection_id)
-
-            def delete(tx: Tx) -> None:
-                tx.delete_collection(collection_id)
-                tx.record_changes(collection_id, "collection_deleted", [collection_id])
-
-            self._erasing(delete)
-            self._erasure_due = True
-            del self._collections[collection_id]
-            with state.lock.write():
-                state.index = ExactIndex(state.record.dim)
-            shutil.rmtree(self._directory(state.record), ignore_errors=True)
-            self.access_log.erase_collection(collection_id)
+            self._drop(self._writable(collection_id))
 
     def get_collection(self, collection_id: str) -> CollectionRecord:
         return self._state(collection_id).record
@@ -272,9 +297,9 @@ class Store:
         if not faces:
             return []
         with self._write_lock:
-            state = self._state(collection_id)
+            state = self._writable(collection_id)
             vectors = self._pinned(state.record, model_version, [face.vector for face in faces])
-            with self._write() as tx:
+            with self._write(collection_id) as tx:
                 inserted = tx.insert_faces(collection_id, faces, vectors, model_version)
                 labels = np.asarray([label for label, _ in inserted], dtype=np.int64)
                 seq = tx.record_changes(
@@ -289,7 +314,7 @@ class Store:
         """Delete faces and erase their vectors; faces associated with a user are refused."""
         wanted = list(dict.fromkeys(face_ids))
         with self._write_lock:
-            state = self._state(collection_id)
+            state = self._writable(collection_id)
 
             def delete(tx: Tx) -> tuple[dict[str, tuple[int, FaceRecord]], list[str], Labels, int]:
                 found = tx.faces_by_ids(collection_id, wanted)
@@ -301,7 +326,7 @@ class Store:
                     seq = tx.record_changes(collection_id, "face_deleted", doomed, labels.tolist())
                 return found, doomed, labels, seq
 
-            found, doomed, labels, seq = self._erasing(delete)
+            found, doomed, labels, seq = self._erasing(delete, collection_id)
             if doomed:
                 self._erasure_due = True
                 self._mutate(state, seq, lambda index: index.remove(labels))
@@ -370,6 +395,10 @@ class Store:
     ) -> list[SearchHit]:
         """The k most similar faces with cosine similarity >= min_similarity, best first."""
         state = self._state(collection_id)
+        if state.sync is not None and state.sync.valid_until < time.time():
+            raise CollectionStale(collection_id, state.sync.valid_until)
+        if self._db.shared:
+            self._catch_up(state)
         query = self._pinned(state.record, model_version, [vector])
         with state.lock.read():
             labels, scores = state.index.search(query, k)
@@ -391,8 +420,8 @@ class Store:
     def create_user(self, collection_id: str, user_id: str) -> UserRecord:
         user = UserRecord(collection_id, user_id, "CREATED", time.time())
         with self._write_lock:
-            self._state(collection_id)
-            with self._write() as tx:
+            self._writable(collection_id)
+            with self._write(collection_id) as tx:
                 if tx.get_user(collection_id, user_id) is not None:
                     raise UserExists(collection_id, user_id)
                 tx.insert_user(user)
@@ -402,14 +431,14 @@ class Store:
     def delete_user(self, collection_id: str, user_id: str) -> None:
         """Delete the user; its faces stay in the collection, disassociated."""
         with self._write_lock:
-            self._state(collection_id)
+            self._writable(collection_id)
 
             def delete(tx: Tx) -> None:
                 self._user(tx, collection_id, user_id)
                 tx.delete_user(collection_id, user_id)
                 tx.record_changes(collection_id, "user_deleted", [ERASED])
 
-            self._erasing(delete)
+            self._erasing(delete, collection_id)
             self._erasure_due = True
             self.access_log.erase_user(collection_id, user_id)
 
@@ -508,19 +537,198 @@ class Store:
                 tx.remember(key, fingerprint, collection_id, answer, time.time() + ttl_s)
             return answer
 
+    # fleet sync
+
+    def check_writable(self, collection_id: str) -> None:
+        """Refuse, before any work, a write to a collection that is synced from a central."""
+        self._writable(collection_id)
+
+    def read_feed(
+        self, collection_id: str, after: int | None, *, export: Literal["never", "on_delete", "always"]
+    ) -> FeedRead:
+        """The collection's head and, in one consistent read, what changed since `after` (current state of
+        every face and user touched, tombstones for those gone) and, when asked, all of it.
+
+        "on_delete" exports only when something was deleted: the feed then replaces every published
+        file that may still hold the deleted data.
+        """
+        state = self._state(collection_id)
+        dim = state.record.dim
+        with self._db.read() as tx:
+            head = tx.collection_head(collection_id)
+            delta, erased = None, False
+            if after is not None and head > after:
+                changes = tx.changes_between(collection_id, after, head)
+                # A deleted user is named nowhere any more (erasure), so no batch can say whom to forget: every
+                # device takes the new snapshot, which no longer holds them.
+                erased = any(kind == "user_deleted" and oid == ERASED for kind, oid, _ in changes)
+                delta = None if erased else _delta(tx, collection_id, changes, after, head, dim)
+            deleted = erased or (delta is not None and bool(delta.deleted_faces or delta.deleted_users))
+            wanted = export == "always" or (export == "on_delete" and deleted)
+            snapshot = _export(tx, collection_id, head, dim) if wanted else None
+        return FeedRead(state.record, head, delta, snapshot)
+
+    def index_kind(self, collection_id: str) -> Literal["exact", "hnsw"]:
+        """Which index answers the collection's searches now (a large synced copy is exact until its graph is in)."""
+        return "hnsw" if isinstance(self._state(collection_id).index, HnswIndex) else "exact"
+
+    def sync_states(self) -> dict[str, SyncState]:
+        """The collections this device follows, by id."""
+        return {cid: state.sync for cid, state in dict(self._collections).items() if state.sync is not None}
+
+    def apply_feed(self, update: FeedUpdate) -> None:
+        """Apply a verified batch or snapshot; the sequence it reaches is committed in the same transaction.
+
+        A batch must start exactly at the applied sequence (FeedOutOfOrder otherwise); a snapshot replaces
+        the whole content, and a snapshot of another central collection (recreated there) the whole
+        collection. Deleted faces leave no vector in any file once this returns.
+        """
+        cid, changes = update.collection_id, update.changes
+        with self._write_lock:
+            state = self._collections.get(cid)
+            if state is not None and state.sync is None:
+                raise CollectionExists(cid)  # a local collection of that name is never overwritten
+            if state is not None and update.snapshot and (
+                (state.sync is not None and state.sync.source_uid != update.source_uid)
+                or (state.record.face_model_version, state.record.dim) != (update.face_model_version, update.dim)
+            ):
+                self._drop(state)
+                state = None
+            record = state.record if state is not None else CollectionRecord(
+                cid, update.arn, update.face_model_version, update.dim, time.time(), uuid.uuid4().hex)
+            vectors = (normalize(changes.vectors, record.dim) if changes.faces
+                       else np.zeros((0, record.dim), dtype=np.float32))
+            sync = SyncState(cid, update.source, update.source_uid, changes.to_seq, update.valid_until, time.time(),
+                             update.head_seq)
+            with self._write(cid) as tx:
+                current = tx.get_sync(cid)
+                if not update.snapshot and (current is None or current.source_uid != update.source_uid
+                                            or current.applied_seq != changes.from_seq):
+                    at = "nothing" if current is None else f"{current.source_uid} at {current.applied_seq}"
+                    raise FeedOutOfOrder(f"{cid}: batch from {update.source_uid} at {changes.from_seq}, copy is {at}")
+                if state is None:
+                    tx.insert_collection(record)
+                    tx.record_changes(cid, "collection_created", [cid])
+                if update.snapshot:
+                    keep = {face.face_id for face in changes.faces}
+                    removed = {fid: label for fid, label in tx.face_labels(cid).items() if fid not in keep}
+                    gone_users = tx.user_ids(cid) - {user.user_id for user in changes.users}
+                else:
+                    found = tx.faces_by_ids_chunked(cid, changes.deleted_faces)
+                    removed = {fid: label for fid, (label, _) in found.items()}
+                    gone_users = set(changes.deleted_users)
+                for user_id in gone_users:
+                    tx.delete_user(cid, user_id)
+                seq = state.applied_seq if state is not None else 0
+                labels = list(removed.values())
+                for i in range(0, len(labels), FEED_CHUNK):
+                    tx.delete_faces(labels[i : i + FEED_CHUNK])
+                if removed:
+                    seq = tx.record_changes(cid, "face_deleted", list(removed), labels)
+                inserted = tx.upsert_faces(changes.faces, vectors)
+                if inserted:
+                    seq = tx.record_changes(cid, "face_added", [face.face_id for _, face in inserted],
+                                            [label for label, _ in inserted])
+                tx.upsert_users(changes.users)
+                tx.put_sync(sync)
+            if state is None or (update.snapshot and (removed or inserted)):
+                # The shipped graph, or exact at once (so the copy answers searches now) and a graph built behind.
+                shipped = self._shipped(record, update, inserted) if state is None else None
+                index, seq = (shipped, seq) if shipped is not None else self._build(record, only_exact=True)
+                if state is None:
+                    state = _Collection(record, index, RWLock(), applied_seq=seq, saved_seq=-1,
+                                        recovery=Recovery("exact"))
+                    self._collections[cid] = state
+                else:
+                    with state.lock.write():
+                        state.index = index
+                    state.applied_seq, state.saved_seq = seq, -1
+            else:
+                if removed:
+                    gone = np.asarray(labels, dtype=np.int64)
+                    self._mutate(state, seq, lambda index: index.remove(gone))
+                    state.unpurged = isinstance(state.index, HnswIndex)
+                if inserted:
+                    added = np.asarray([label for label, _ in inserted], dtype=np.int64)
+                    new_ids = {face.face_id for _, face in inserted}
+                    rows = vectors[[i for i, face in enumerate(changes.faces) if face.face_id in new_ids]]
+                    self._mutate(state, seq, lambda index: index.add(added, rows))
+                    if (isinstance(state.index, ExactIndex) and len(state.index) > self._exact_max
+                            and not state.promoting):
+                        self._promote(state, state.index)
+            state.sync = sync
+            if isinstance(state.index, ExactIndex) and len(state.index) > self._exact_max and not state.promoting:
+                state.promoting = True
+                builder = threading.Thread(target=self._promote_behind, args=(state,), name="store-promote")
+                self._builders.append(builder)
+                builder.start()
+        if removed or gone_users:
+            self._erasure_due = True
+            self.access_log.erase_faces(cid, list(removed))
+            for user_id in gone_users:
+                self.access_log.erase_user(cid, user_id)
+            self.checkpoint()  # the erased vectors and ids leave the write-ahead log and index files now
+
+    def note_sync(self, collection_id: str, *, valid_until: float, head_seq: int) -> None:
+        """Record a verified feed that brought nothing new: the copy is current and valid until then."""
+        with self._write_lock:
+            state = self._state(collection_id)
+            if state.sync is None:
+                raise CollectionExists(collection_id)
+            sync = SyncState(collection_id, state.sync.source, state.sync.source_uid, state.sync.applied_seq,
+                             valid_until, time.time(), head_seq)
+            with self._write(collection_id) as tx:
+                tx.put_sync(sync)
+            state.sync = sync
+
+    def drop_synced(self, collection_id: str) -> None:
+        """Delete a synced collection the central deleted (or this device no longer follows), vectors included."""
+        with self._write_lock:
+            state = self._state(collection_id)
+            if state.sync is None:
+                raise CollectionExists(collection_id)
+            self._drop(state)
+        self.checkpoint()
+
     # internals
+
+    def _writable(self, collection_id: str) -> _Collection:
+        state = self._state(collection_id)
+        if state.sync is not None:
+            raise CollectionReadOnly(collection_id, state.sync.source)
+        return state
+
+    def _drop(self, state: _Collection) -> None:
+        """Delete a collection's rows, sync state, index and files (caller holds the write lock)."""
+        collection_id = state.record.collection_id
+
+        def delete(tx: Tx) -> None:
+            tx.delete_collection(collection_id)
+            tx.delete_sync(collection_id)
+            tx.record_changes(collection_id, "collection_deleted", [collection_id])
+
+        self._erasing(delete, collection_id)
+        self._erasure_due = True
+        del self._collections[collection_id]
+        with state.lock.write():
+            state.index = ExactIndex(state.record.dim)
+        shutil.rmtree(self._directory(state.record), ignore_errors=True)
+        self.access_log.erase_collection(collection_id)
 
     def _state(self, collection_id: str) -> _Collection:
         state = self._collections.get(collection_id)
+        if self._db.shared:
+            state = self._shared_state(collection_id, state)
         if state is None:
             raise CollectionNotFound(collection_id)
         return state
 
     @contextmanager
-    def _write(self) -> Iterator[Tx]:
-        """A write transaction that keeps track of whether writes are failing (for `health`)."""
+    def _write(self, collection_id: str | None = None) -> Iterator[Tx]:
+        """A write transaction (holding the collection's write lock on a shared database) that keeps track
+        of whether writes are failing (for `health`)."""
         try:
-            with self._db.write() as tx:
+            with self._db.write(collection_id) as tx:
                 yield tx
         except StoreUnwritable as exc:
             if not exc.full:
@@ -528,16 +736,16 @@ class Store:
             raise
         self._failure = None
 
-    def _erasing(self, delete: Callable[[Tx], T]) -> T:
+    def _erasing(self, delete: Callable[[Tx], T], collection_id: str | None = None) -> T:
         """Run a deletion; if the disk is too full even for that, give up the reserve and run it again."""
         try:
-            with self._write() as tx:
+            with self._write(collection_id) as tx:
                 result = delete(tx)
         except StoreUnwritable as exc:
             if not exc.full or not self._release_reserve():
                 raise
             log.warning("%s: released the reserve to erase", exc.reason)
-            with self._write() as tx:
+            with self._write(collection_id) as tx:
                 result = delete(tx)
         return result
 
@@ -575,6 +783,44 @@ class Store:
             tx.prune_orphan_changes(before, list(self._collections))
             tx.prune_requests(now)
 
+    def _shared_state(self, collection_id: str, state: _Collection | None) -> _Collection | None:
+        """On a database other instances write too, the collection as the database has it now."""
+        with self._db.read() as tx:
+            record = tx.get_collection(collection_id)
+        if state is not None and record is not None and record.uid == state.record.uid:
+            return state
+        with self._write_lock:
+            current = self._collections.get(collection_id)
+            if current is not None and (record is None or record.uid != current.record.uid):
+                del self._collections[collection_id]  # deleted (and maybe recreated) by another instance
+                shutil.rmtree(self._directory(current.record), ignore_errors=True)
+                current = None
+            if current is None and record is not None:
+                current = self._collections[collection_id] = self._recover(record)
+            return current
+
+    def _catch_up(self, state: _Collection) -> None:
+        """Replay into this instance's index the face changes other instances logged since it was current."""
+        with self._write_lock:
+            with self._db.read() as tx:
+                last = tx.last_face_seq(state.record.collection_id)
+            if last <= state.applied_seq:
+                return
+            try:
+                with state.lock.write():
+                    replay = self._replay(state.record, state.index, state.applied_seq)
+            except Exception:
+                log.exception("replaying %s failed; rebuilding it from the database", state.record.collection_id)
+                index, seq = self._build(state.record)
+                with state.lock.write():
+                    state.index = index
+                state.applied_seq, state.saved_seq = seq, -1
+                return
+            state.applied_seq = replay.seq
+            state.unpurged = state.unpurged or (replay.removed > 0 and isinstance(state.index, HnswIndex))
+            if isinstance(state.index, ExactIndex) and len(state.index) > self._exact_max:
+                self._promote(state, state.index)
+
     @staticmethod
     def _user(tx: Tx, collection_id: str, user_id: str) -> UserRecord:
         user = tx.get_user(collection_id, user_id)
@@ -598,8 +844,8 @@ class Store:
     ) -> FaceAssociation:
         wanted = list(dict.fromkeys(face_ids))
         with self._write_lock:
-            self._state(collection_id)
-            with self._write() as tx:
+            self._writable(collection_id)
+            with self._write(collection_id) as tx:
                 self._user(tx, collection_id, user_id)
                 found = tx.faces_by_ids(collection_id, wanted)
                 allowed = (None, user_id) if associate else (user_id,)
@@ -623,7 +869,13 @@ class Store:
         return self._state_dir / COLLECTIONS_DIR / record.uid
 
     def _mutate(self, state: _Collection, seq: int, change: Callable[[VectorIndex], None]) -> None:
-        """Apply a committed change to the index; if that fails, rebuild it from SQLite instead."""
+        """Apply a committed change to the index; if that fails, rebuild it from SQLite instead.
+
+        On a shared database other instances' changes may precede this one: replay the log instead.
+        """
+        if self._db.shared:
+            self._catch_up(state)
+            return
         try:
             with state.lock.write():
                 change(state.index)
@@ -642,12 +894,12 @@ class Store:
             state.index = hnsw
         state.saved_seq = -1
 
-    def _build(self, record: CollectionRecord) -> tuple[VectorIndex, int]:
-        """A fresh index of the collection from SQLite, and the change sequence it reflects."""
+    def _build(self, record: CollectionRecord, *, only_exact: bool = False) -> tuple[VectorIndex, int]:
+        """A fresh index of the collection from SQLite (exact if asked), and the change sequence it reflects."""
         with self._db.read() as tx:
             labels, vectors = tx.vectors(record.collection_id, record.dim)
             seq = tx.last_face_seq(record.collection_id)
-        if len(labels) <= self._exact_max:
+        if only_exact or len(labels) <= self._exact_max:
             exact = ExactIndex(record.dim)
             exact.add(labels, vectors)
             return exact, seq
@@ -677,6 +929,10 @@ class Store:
             records = tx.list_collections(None, limit=-1)
         for record in records:
             self._collections[record.collection_id] = self._recover(record)
+        with self._db.read() as tx:
+            for sync in tx.list_sync():
+                if sync.collection_id in self._collections:
+                    self._collections[sync.collection_id].sync = sync
         collections_dir = self._state_dir / COLLECTIONS_DIR
         live = {record.uid for record in records}
         for directory in collections_dir.iterdir() if collections_dir.is_dir() else ():
@@ -707,6 +963,37 @@ class Store:
             recovery = Recovery("exact")
         index, seq = self._build(record)
         return _Collection(record, index, RWLock(), applied_seq=seq, saved_seq=-1, recovery=recovery)
+
+    def _shipped(self, record: CollectionRecord, update: FeedUpdate,
+                 inserted: list[tuple[int, FaceRecord]]) -> HnswIndex | None:
+        """The central's graph for a fresh copy, when it fits: this store's parameters, and labels given in
+        the snapshot's order (one transaction on a fresh copy gives consecutive ones)."""
+        shipped = update.index
+        if shipped is None or not inserted or len(inserted) != shipped.count:
+            return None
+        wanted = (self._hnsw.m, self._hnsw.ef_construction, HNSWLIB_VERSION)
+        if (shipped.m, shipped.ef_construction, shipped.hnswlib_version) != wanted:
+            log.info("shipped index of %s built with other parameters; building one here", record.collection_id)
+            return None
+        first = inserted[0][0]
+        if [label for label, _ in inserted] != list(range(first, first + len(inserted))):
+            return None
+        try:
+            return HnswIndex.relabelled(shipped.data, record.dim, self._hnsw, shipped.count, first,
+                                        self._directory(record))
+        except IndexInvalid as exc:
+            log.warning("shipped index of %s refused (%s); building one here", record.collection_id, exc)
+            return None
+
+    def _promote_behind(self, state: _Collection) -> None:
+        """Build the graph of a large synced copy while its exact index serves, then swap it in."""
+        try:
+            self._compact(state)
+        except Exception:
+            log.exception("building the index of %s failed; it stays exact until the store reopens",
+                          state.record.collection_id)
+        finally:
+            state.promoting = False
 
     def _compact(self, state: _Collection) -> None:
         """Rebuild an index without its deleted slots; writes are held only while the tail is replayed."""
@@ -768,6 +1055,38 @@ def _make_private(state_dir: Path) -> list[str]:
     if collections.is_dir():
         ours += [collections, *collections.rglob("*")]
     return [str(path.relative_to(state_dir)) for path in ours if path.exists() and make_private(path)]
+
+
+FEED_CHUNK = 500
+"""Rows per DELETE ... IN (...) when a feed removes many faces at once."""
+
+_FACE_KINDS = ("face_added", "face_deleted", "face_associated", "face_disassociated")
+
+
+def _vectors(blobs: list[bytes], dim: int) -> Vector:
+    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
+
+
+def _delta(tx: Tx, collection_id: str, changes: Sequence[tuple[str, str, str | None]], after: int, head: int,
+           dim: int) -> FeedSlice:
+    """The current state of every face and user changed in (after, head], and tombstones for those gone."""
+    face_ids = list(dict.fromkeys(oid for kind, oid, _ in changes if kind in _FACE_KINDS))
+    user_ids = list(dict.fromkeys(
+        user for kind, oid, user_id in changes
+        for user in ((oid,) if kind in ("user_created", "user_deleted") else (user_id,) if user_id else ())))
+    faces, blobs = tx.faces_with_vectors(collection_id, face_ids)
+    users = tx.users_by_ids(collection_id, user_ids)
+    present_faces = {face.face_id for face in faces}
+    present_users = {user.user_id for user in users}
+    return FeedSlice(after, head, faces, _vectors(blobs, dim), users,
+                     [fid for fid in face_ids if fid not in present_faces],
+                     [uid for uid in user_ids if uid not in present_users])
+
+
+def _export(tx: Tx, collection_id: str, head: int, dim: int) -> FeedSlice:
+    """Every face (with its vector) and user of the collection, as of `head`."""
+    faces, blobs = tx.faces_with_vectors(collection_id, None)
+    return FeedSlice(0, head, faces, _vectors(blobs, dim), tx.users_by_ids(collection_id, None), [], [])
 
 
 def _lock_directory(path: Path) -> int:

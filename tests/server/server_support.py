@@ -159,10 +159,10 @@ class Daemon:
 
 
 def start_daemon(state_dir: Path, *, env: Mapping[str, str] | None = None, ca_bundle: Path | None = None,
-                 preexec: Callable[[], None] | None = None) -> Daemon:
-    """Start `edge-face serve` and wait until /readyz answers 200; `preexec` runs in the child before it
-    (a umask or a file limit, as a service manager sets them)."""
-    port = free_port()
+                 preexec: Callable[[], None] | None = None, port: int | None = None) -> Daemon:
+    """Start `edge-face serve` (on `port`, or a free one) and wait until /readyz answers 200; `preexec` runs in
+    the child before it (a umask or a file limit, as a service manager sets them)."""
+    port = port or free_port()
     log = state_dir.with_name(state_dir.name + f"-{port}.log")
     daemon_env = {**os.environ, "EDGE_FACE_SERVER__SHUTDOWN_TIMEOUT_S": "20", **(env or {})}
     with log.open("wb") as out:

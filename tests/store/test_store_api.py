@@ -138,6 +138,7 @@ def test_users_associate_disassociate_and_delete(open_store: OpenStore) -> None:
         store.get_user("c", "u2")
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("exact_max", [0, 1000], ids=["hnsw", "exact"])
 def test_collection_is_pinned_to_its_face_model(open_store: OpenStore, state_dir: Path, exact_max: int) -> None:
     store, _, vectors = _store_with_faces(open_store, 20, exact_max=exact_max)
@@ -181,6 +182,7 @@ def test_second_process_is_locked_out(open_store: OpenStore, state_dir: Path) ->
         Store(state_dir, checkpoint_interval_s=None)
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("retention_s", [0.0, 86400.0], ids=["pruned", "kept"])
 def test_crash_image_is_replayed_from_the_change_log(open_store: OpenStore, tmp_path: Path,
                                                      retention_s: float) -> None:
@@ -201,6 +203,7 @@ def test_crash_image_is_replayed_from_the_change_log(open_store: OpenStore, tmp_
     assert not found & set(ids[:10])
 
 
+@pytest.mark.sqlite_only
 def test_the_change_log_keeps_what_recovery_needs_beyond_its_retention(open_store: OpenStore,
                                                                       state_dir: Path) -> None:
     store, ids, _ = _store_with_faces(open_store, 50, exact_max=0, change_log_retention_s=0)
@@ -255,6 +258,7 @@ def test_recreated_collection_starts_empty(open_store: OpenStore, state_dir: Pat
     assert not (state_dir / COLLECTIONS_DIR / old_uid).exists()
 
 
+@pytest.mark.sqlite_only
 def test_a_version_1_database_is_upgraded_in_place(open_store: OpenStore, state_dir: Path) -> None:
     store, ids, _ = _store_with_faces(open_store, 5)
     store.close()

@@ -32,6 +32,7 @@ def _populate(store: Store) -> tuple[list[str], np.ndarray, np.ndarray]:
     return ids, a, b
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("exact_max", [0, 100_000], ids=["hnsw", "exact"])
 def test_deleted_faces_leave_no_vector_on_disk(open_store: OpenStore, state_dir: Path, exact_max: int) -> None:
     store = open_store(exact_max=exact_max)
@@ -53,6 +54,7 @@ def test_deleted_faces_leave_no_vector_on_disk(open_store: OpenStore, state_dir:
     assert set(_files_holding(state_dir, vectors[1])) == expected_before  # survivors untouched
 
 
+@pytest.mark.sqlite_only
 def test_deleted_collection_leaves_no_vector_on_disk(open_store: OpenStore, state_dir: Path) -> None:
     store = open_store(exact_max=0)
     _, a, b = _populate(store)
@@ -95,6 +97,7 @@ def _people(store: Store, count: int) -> tuple[list[str], list[str], list[str]]:
     return users, externals, faces
 
 
+@pytest.mark.sqlite_only
 def test_deleted_users_and_external_image_ids_leave_no_byte_on_disk(open_store: OpenStore, state_dir: Path) -> None:
     store = open_store(exact_max=0)
     users, externals, faces = _people(store, PEOPLE)
@@ -123,6 +126,7 @@ def test_deleted_collection_leaves_no_user_or_external_image_id_on_disk(open_sto
     assert [text for text in users + externals if _files_holding_text(state_dir, text)] == []
 
 
+@pytest.mark.sqlite_only
 def test_rows_sqlite_moved_between_pages_leave_no_copy(open_store: OpenStore, state_dir: Path) -> None:
     """secure_delete zeroes a deleted row where it lies, not the copy a b-tree split left in the free space of
     the page the row moved from. Inserted in this (seeded) order, 3,000 ExternalImageIds leave such copies of
