@@ -491,7 +491,9 @@ class Store:
                 else:
                     found = tx.faces_by_ids_chunked(cid, changes.deleted_faces)
                     removed = {fid: label for fid, (label, _) in found.items()}
-                    gone_users = set(changes.deleted_users)
+                    gone_users = set(changes.deleted_users) & tx.user_ids(cid)
+                    if changes.all_users is not None:
+                        gone_users |= tx.user_ids(cid) - set(changes.all_users)
                 for user_id in gone_users:
                     tx.delete_user(cid, user_id)
                 seq = state.applied_seq if state is not None else 0
@@ -860,9 +862,11 @@ def _delta(tx: Tx, collection_id: str, after: int, head: int, dim: int) -> FeedS
     users = tx.users_by_ids(collection_id, user_ids)
     present_faces = {face.face_id for face in faces}
     present_users = {user.user_id for user in users}
+    erased = any(kind == "user_deleted" for kind, _, _ in changes)
     return FeedSlice(after, head, faces, _vectors(blobs, dim), users,
                      [fid for fid in face_ids if fid not in present_faces],
-                     [uid for uid in user_ids if uid not in present_users])
+                     [uid for uid in user_ids if uid and uid not in present_users],
+                     sorted(tx.user_ids(collection_id)) if erased else None)
 
 
 def _export(tx: Tx, collection_id: str, head: int, dim: int) -> FeedSlice:

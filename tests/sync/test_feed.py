@@ -5,6 +5,7 @@ The same feed with real models and processes is tested in test_fleet_processes.p
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -338,3 +339,21 @@ def test_a_joining_device_takes_the_graph_the_central_built(tmp_path: Path) -> N
                 assert second.store.search("door", _colour(person), model_version=MODEL, k=1)[0].face.face_id == face_id
         finally:
             second.close()
+
+
+def test_a_deleted_user_the_change_log_no_longer_names_is_deleted_on_devices(synced: Device,
+                                                                            central: Central) -> None:
+    admin = central.client()
+    face = synced.store.list_faces("door")[0][0].face_id
+    admin.create_user(CollectionId="door", UserId="user-erased-0001")
+    admin.associate_faces(CollectionId="door", UserId="user-erased-0001", FaceIds=[face])
+    assert synced.sync()["door"]["error"] is None
+    assert synced.store.get_face("door", face).user_id == "user-erased-0001"
+    admin.delete_user(CollectionId="door", UserId="user-erased-0001")
+    with sqlite3.connect(central.state_dir / "store.sqlite3") as conn:  # erasure: the log names nobody
+        conn.execute("DELETE FROM changes WHERE user_id = 'user-erased-0001'")
+        conn.execute("UPDATE changes SET object_id = '' WHERE kind IN ('user_created', 'user_deleted')")
+    assert synced.sync()["door"]["error"] is None
+    assert synced.store.list_users("door")[0] == []
+    assert synced.store.get_face("door", face).user_id is None
+    assert files_holding(synced.state_dir, b"user-erased-0001") == []
