@@ -41,7 +41,7 @@ from edge.store import (
     FeedUpdate,
     NewFace,
 )
-from edge.sync.keys import ONLINE_KEY, load_signer
+from edge.sync.keys import ONLINE_KEY, ROOT_KEY, load_signer
 from edge.sync.storage import SqliteFeedStorage
 
 
@@ -171,16 +171,23 @@ def test_stale_feed_signed_by_the_central_is_refused_as_frozen(synced: Device, c
     assert synced.external_ids("door") == ["ann", "bob"]
 
 
-def test_rotated_online_key_reaches_devices_and_the_old_key_is_refused(synced: Device, central: Central) -> None:
-    old = load_signer(central.state_dir / "feed-keys" / ONLINE_KEY)
+def test_rotated_online_key_reaches_devices_and_the_old_key_is_refused(synced: Device, central: Central,
+                                                                       tmp_path: Path) -> None:
+    keys = central.state_dir / "feed-keys"
+    old = load_signer(keys / ONLINE_KEY)
+    (keys / ROOT_KEY).rename(tmp_path / ROOT_KEY)  # kept offline: the central publishes without it
+    central.enrol("door", "dee")
+    assert synced.sync()["door"]["error"] is None
+    assert central.cli("rotate-key") == 1  # but rotating needs it
+    (tmp_path / ROOT_KEY).rename(keys / ROOT_KEY)
     assert central.cli("rotate-key") == 0
     assert synced.sync()["door"]["error"] is None  # follows the root chain, no re-provisioning
-    assert synced.external_ids("door") == ["ann", "bob", "cyd"]
+    assert synced.external_ids("door") == ["ann", "bob", "cyd", "dee"]
     assert (synced.state_dir / "sync" / "door" / "metadata" / "root_history" / "2.root.json").is_file()
-    central.enrol("door", "dee")
+    central.enrol("door", "ann", "ann-again")
     synced.wire.tamper = lambda url, body: _resigned(body, old) if url.endswith("/timestamp.json") else body
     assert synced.sync()["door"]["error"]["reason"] == "signature"
-    assert synced.external_ids("door") == ["ann", "bob", "cyd"]
+    assert synced.external_ids("door") == ["ann", "bob", "cyd", "dee"]
 
 
 def test_other_face_model_is_refused(central: Central, tmp_path: Path) -> None:
