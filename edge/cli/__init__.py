@@ -347,7 +347,6 @@ def cmd_central(args: argparse.Namespace, settings: Settings) -> int:
     from edge.files import write_private
     from edge.server.devices import DeviceRegistry
     from edge.server.fleet import central_keys_dir, devices_file, feed_storage
-    from edge.sync.keys import FeedKeys
     from edge.sync.publisher import ensure_root, rotate_online_key
 
     settings = _at(settings, args.state_dir)
@@ -366,11 +365,15 @@ def cmd_central(args: argparse.Namespace, settings: Settings) -> int:
     storage = feed_storage(settings)
     try:
         if args.action == "rotate-key":
-            version = rotate_online_key(storage, central_keys_dir(settings))
+            try:
+                version = rotate_online_key(storage, central_keys_dir(settings))
+            except FileNotFoundError as exc:
+                print(exc, file=sys.stderr)
+                return 1
             print(f"new online key; root version {version} names it. Running centrals re-sign every feed with it "
                   "and devices move to it on their next sync.")
             return 0
-        ensure_root(storage, FeedKeys.load_or_create(central_keys_dir(settings)))
+        ensure_root(storage, central_keys_dir(settings))
         root = storage.root(None)
         assert root is not None
         device = registry.add(args.name, [c for c in args.collections.split(",") if c])

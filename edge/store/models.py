@@ -127,6 +127,9 @@ class FeedSlice:
     users: list[UserRecord]
     deleted_faces: list[str]
     deleted_users: list[str]
+    all_users: list[str] | None = None
+    """Every user id of the collection, when a user was deleted in the range: the change log may name a
+    deleted user nowhere (erasure), so a device drops every user not listed."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -556,14 +556,11 @@ class Store:
         dim = state.record.dim
         with self._db.read() as tx:
             head = tx.collection_head(collection_id)
-            delta, erased = None, False
-            if after is not None and head > after:
-                changes = tx.changes_between(collection_id, after, head)
-                # A deleted user is named nowhere any more (erasure), so no batch can say whom to forget: every
-                # device takes the new snapshot, which no longer holds them.
-                erased = any(kind == "user_deleted" and oid == ERASED for kind, oid, _ in changes)
-                delta = None if erased else _delta(tx, collection_id, changes, after, head, dim)
-            deleted = erased or (delta is not None and bool(delta.deleted_faces or delta.deleted_users))
+            delta = _delta(tx, collection_id, after, head, dim) if after is not None and head > after else None
+            # A user deletion names nobody (erasure) but lists the users left: a deletion all the same, so the
+            # snapshot that still holds the deleted user is replaced.
+            deleted = delta is not None and bool(delta.deleted_faces or delta.deleted_users
+                                                 or delta.all_users is not None)
             wanted = export == "always" or (export == "on_delete" and deleted)
             snapshot = _export(tx, collection_id, head, dim) if wanted else None
         return FeedRead(state.record, head, delta, snapshot)
@@ -616,7 +613,9 @@ class Store:
                 else:
                     found = tx.faces_by_ids_chunked(cid, changes.deleted_faces)
                     removed = {fid: label for fid, (label, _) in found.items()}
-                    gone_users = set(changes.deleted_users)
+                    gone_users = set(changes.deleted_users) & tx.user_ids(cid)
+                    if changes.all_users is not None:
+                        gone_users |= tx.user_ids(cid) - set(changes.all_users)
                 for user_id in gone_users:
                     tx.delete_user(cid, user_id)
                 seq = state.applied_seq if state is not None else 0
@@ -1067,9 +1066,9 @@ def _vectors(blobs: list[bytes], dim: int) -> Vector:
     return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
 
 
-def _delta(tx: Tx, collection_id: str, changes: Sequence[tuple[str, str, str | None]], after: int, head: int,
-           dim: int) -> FeedSlice:
+def _delta(tx: Tx, collection_id: str, after: int, head: int, dim: int) -> FeedSlice:
     """The current state of every face and user changed in (after, head], and tombstones for those gone."""
+    changes = tx.changes_between(collection_id, after, head)
     face_ids = list(dict.fromkeys(oid for kind, oid, _ in changes if kind in _FACE_KINDS))
     user_ids = list(dict.fromkeys(
         user for kind, oid, user_id in changes
@@ -1078,9 +1077,11 @@ def _delta(tx: Tx, collection_id: str, changes: Sequence[tuple[str, str, str | N
     users = tx.users_by_ids(collection_id, user_ids)
     present_faces = {face.face_id for face in faces}
     present_users = {user.user_id for user in users}
+    erased = any(kind == "user_deleted" for kind, _, _ in changes)
     return FeedSlice(after, head, faces, _vectors(blobs, dim), users,
                      [fid for fid in face_ids if fid not in present_faces],
-                     [uid for uid in user_ids if uid not in present_users])
+                     [uid for uid in user_ids if uid and uid not in present_users],
+                     sorted(tx.user_ids(collection_id)) if erased else None)
 
 
 def _export(tx: Tx, collection_id: str, head: int, dim: int) -> FeedSlice:

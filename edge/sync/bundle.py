@@ -55,6 +55,7 @@ def encode(bundle: Bundle) -> bytes:
         "users": [[u.user_id, u.status, u.created_at] for u in changes.users],
         "deleted_faces": changes.deleted_faces,
         "deleted_users": changes.deleted_users,
+        "all_users": changes.all_users,
     }
     packed = zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 6)
     vectors = np.ascontiguousarray(changes.vectors, dtype="<f4").reshape(len(changes.faces), bundle.dim)
@@ -97,8 +98,10 @@ def _decode(data: bytes) -> Bundle:
         raise BundleInvalid(f"sequence range ({from_seq}, {to_seq}] is not a {kind}'s")
     faces = [_face(cid, row) for row in doc["faces"]]
     users = [UserRecord(cid, str(u), _status(s), float(at)) for u, s, at in doc["users"]]
+    all_users = doc.get("all_users")
     changes = FeedSlice(from_seq, to_seq, faces, vectors, users, [str(f) for f in doc["deleted_faces"]],
-                        [str(u) for u in doc["deleted_users"]])
+                        [str(u) for u in doc["deleted_users"]],
+                        None if all_users is None else [str(u) for u in all_users])
     return Bundle(kind, cid, str(doc["collection_uid"]), str(doc["arn"]), str(doc["face_model_version"]), dim,
                   changes)
 

@@ -52,7 +52,9 @@ class FeedKeys:
         return cls(*signers)
 
     @classmethod
-    def rotate_online(cls, directory: Path) -> tuple[FeedKeys, FeedKeys]:
-        """Replace the online key on disk; returns (old, new) so the new root can be signed by root."""
-        old = cls.load_or_create(directory)
-        return old, cls(old.root, new_signer(directory / ONLINE_KEY))
+    def rotate_online(cls, directory: Path) -> FeedKeys:
+        """Replace the online key on disk; the root key must be there (copied in from where it is kept)."""
+        root = directory / ROOT_KEY
+        if not root.exists():
+            raise FileNotFoundError(f"{root} is missing: copy the feed's root key in to rotate, then take it out")
+        return cls(load_signer(root), new_signer(directory / ONLINE_KEY))

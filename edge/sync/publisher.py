@@ -41,7 +41,7 @@ from edge.config import FeedSettings
 from edge.store import CollectionNotFound, CollectionRecord, FeedSlice, HnswParams, Store
 from edge.store.index import HNSWLIB_VERSION, HnswIndex
 from edge.sync.bundle import Bundle, decode, encode
-from edge.sync.keys import FeedKeys
+from edge.sync.keys import ONLINE_KEY, FeedKeys, load_signer
 from edge.sync.storage import FeedStorage, FeedTx
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,9 @@ class Publisher:
         self._clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._keys = FeedKeys.load_or_create(keys_dir)
-        self._root_version = ensure_root(storage, self._keys)
+        self._root_version = ensure_root(storage, keys_dir)
+        self._online = load_signer(keys_dir / ONLINE_KEY)
+        """Only the online key: the root key is needed to start a feed and to rotate, and may be kept offline."""
         self._signed_under: dict[str, int] = {}
         """The root version each collection was last signed under (in memory: after a restart, once more)."""
 
@@ -218,7 +219,7 @@ class Publisher:
         """Reload the keys when another process (`edge-face central rotate-key`) signed a newer root."""
         current = _load(self._storage.root(None), Root)
         if current is not None and current.version != self._root_version:
-            self._keys = FeedKeys.load_or_create(self._keys_dir)
+            self._online = load_signer(self._keys_dir / ONLINE_KEY)
             self._root_version = current.version
             log.warning("feed root is now version %d: re-signing every feed with the current online key",
                         current.version)
@@ -278,16 +279,16 @@ class Publisher:
         self._signed_under[tx.collection_id] = self._root_version
 
     def _signed(self, md: Metadata[Any]) -> bytes:
-        md.sign(self._keys.online)
+        md.sign(self._online)
         return md.to_bytes(_SERIALIZER)
 
 
-def ensure_root(storage: FeedStorage, keys: FeedKeys) -> int:
-    """The latest root version, signing version 1 first if the feed has none yet."""
+def ensure_root(storage: FeedStorage, keys_dir: Path) -> int:
+    """The latest root version; a feed that has none gets its keys made and version 1 signed."""
     current = _load(storage.root(None), Root)
     if current is not None:
         return current.version
-    _sign_root(storage, 1, keys)
+    _sign_root(storage, 1, FeedKeys.load_or_create(keys_dir))
     return 1
 
 
@@ -297,8 +298,8 @@ def rotate_online_key(storage: FeedStorage, keys_dir: Path) -> int:
     Running centrals re-sign every feed with the new key at their next publication; devices follow the
     root chain on their next sync and from then on refuse anything the old key signs.
     """
-    _, new = FeedKeys.rotate_online(keys_dir)
-    version = ensure_root(storage, new) + 1
+    new = FeedKeys.rotate_online(keys_dir)
+    version = ensure_root(storage, keys_dir) + 1
     _sign_root(storage, version, new)
     return version
 

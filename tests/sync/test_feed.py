@@ -5,6 +5,7 @@ The same feed with real models and processes is tested in test_fleet_processes.p
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -40,7 +41,7 @@ from edge.store import (
     FeedUpdate,
     NewFace,
 )
-from edge.sync.keys import ONLINE_KEY, load_signer
+from edge.sync.keys import ONLINE_KEY, ROOT_KEY, load_signer
 from edge.sync.storage import SqliteFeedStorage
 
 
@@ -170,16 +171,23 @@ def test_stale_feed_signed_by_the_central_is_refused_as_frozen(synced: Device, c
     assert synced.external_ids("door") == ["ann", "bob"]
 
 
-def test_rotated_online_key_reaches_devices_and_the_old_key_is_refused(synced: Device, central: Central) -> None:
-    old = load_signer(central.state_dir / "feed-keys" / ONLINE_KEY)
+def test_rotated_online_key_reaches_devices_and_the_old_key_is_refused(synced: Device, central: Central,
+                                                                       tmp_path: Path) -> None:
+    keys = central.state_dir / "feed-keys"
+    old = load_signer(keys / ONLINE_KEY)
+    (keys / ROOT_KEY).rename(tmp_path / ROOT_KEY)  # kept offline: the central publishes without it
+    central.enrol("door", "dee")
+    assert synced.sync()["door"]["error"] is None
+    assert central.cli("rotate-key") == 1  # but rotating needs it
+    (tmp_path / ROOT_KEY).rename(keys / ROOT_KEY)
     assert central.cli("rotate-key") == 0
     assert synced.sync()["door"]["error"] is None  # follows the root chain, no re-provisioning
-    assert synced.external_ids("door") == ["ann", "bob", "cyd"]
+    assert synced.external_ids("door") == ["ann", "bob", "cyd", "dee"]
     assert (synced.state_dir / "sync" / "door" / "metadata" / "root_history" / "2.root.json").is_file()
-    central.enrol("door", "dee")
+    central.enrol("door", "ann", "ann-again")
     synced.wire.tamper = lambda url, body: _resigned(body, old) if url.endswith("/timestamp.json") else body
     assert synced.sync()["door"]["error"]["reason"] == "signature"
-    assert synced.external_ids("door") == ["ann", "bob", "cyd"]
+    assert synced.external_ids("door") == ["ann", "bob", "cyd", "dee"]
 
 
 def test_other_face_model_is_refused(central: Central, tmp_path: Path) -> None:
@@ -338,3 +346,21 @@ def test_a_joining_device_takes_the_graph_the_central_built(tmp_path: Path) -> N
                 assert second.store.search("door", _colour(person), model_version=MODEL, k=1)[0].face.face_id == face_id
         finally:
             second.close()
+
+
+def test_a_deleted_user_the_change_log_no_longer_names_is_deleted_on_devices(synced: Device,
+                                                                            central: Central) -> None:
+    admin = central.client()
+    face = synced.store.list_faces("door")[0][0].face_id
+    admin.create_user(CollectionId="door", UserId="user-erased-0001")
+    admin.associate_faces(CollectionId="door", UserId="user-erased-0001", FaceIds=[face])
+    assert synced.sync()["door"]["error"] is None
+    assert synced.store.get_face("door", face).user_id == "user-erased-0001"
+    admin.delete_user(CollectionId="door", UserId="user-erased-0001")
+    with sqlite3.connect(central.state_dir / "store.sqlite3") as conn:  # erasure: the log names nobody
+        conn.execute("DELETE FROM changes WHERE user_id = 'user-erased-0001'")
+        conn.execute("UPDATE changes SET object_id = '' WHERE kind IN ('user_created', 'user_deleted')")
+    assert synced.sync()["door"]["error"] is None
+    assert synced.store.list_users("door")[0] == []
+    assert synced.store.get_face("door", face).user_id is None
+    assert files_holding(synced.state_dir, b"user-erased-0001") == []
