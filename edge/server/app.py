@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -41,6 +42,7 @@ from edge.server.logs import RateLimitedLog
 from edge.server.metrics import Metrics
 from edge.server.pool import InferencePool
 from edge.server.status import local_url, publish, withdraw
+from edge.server.systemd import Notifier
 from edge.store import open_store
 from edge.vision.pipeline import FacePipeline
 from edge.vision.runtime import default_threads
@@ -73,17 +75,26 @@ PipelineFactory = Callable[..., FacePipeline]
 class Daemon:
     """What a running daemon holds: the store, the keys and the workers; opened at start-up, closed at shutdown."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, make_pipeline: PipelineFactory) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, make_pipeline: PipelineFactory,
+                 notifier: Notifier) -> None:
         self.settings = settings
+        #: What the daemon is doing, for systemd (`systemctl status`); later phases (sync) report here too.
+        self.notifier = notifier
+        notifier.status(f"opening the store in {settings.state_dir} (recovering it after an unclean stop)",
+                        long_phase=True)
         # Takes the state directory's lock: one daemon per directory.
         self.store = open_store(settings.state_dir, settings.store)
         try:
+            recovered = sorted(cid for cid, r in self.store.recovery.items() if r.kind in ("replayed", "rebuilt"))
+            if recovered:
+                log.warning("recovered the indexes of %s after an unclean stop", ", ".join(recovered))
             keys, created = KeyStore.open(settings.state_dir)
             if created:
                 log.warning("created access keys: %s", usage_hint(settings))
             self.auth = Authenticator(keys, settings.server)
             self.hosts = HostCheck(settings.server)
             size = settings.server.pool_size or default_threads()
+            notifier.status(f"loading models for {size} inference workers")
             # Unless configured, the pool's threads share the cores rather than each taking all of them.
             pipeline = settings.pipeline.model_copy(
                 update={"threads": settings.pipeline.threads or max(1, default_threads() // size)})
@@ -155,15 +166,17 @@ class Daemon:
             self.store.close()
 
 
-def create_app(settings: Settings, *, make_pipeline: PipelineFactory = FacePipeline.from_settings) -> FastAPI:
+def create_app(settings: Settings, *, make_pipeline: PipelineFactory = FacePipeline.from_settings,
+               notifier: Notifier | None = None) -> FastAPI:
     """The ASGI app; the store opens and the models load in its lifespan, before the first request."""
     metrics = Metrics(collection_names=settings.server.metrics_collection_names)
     failed_logins = RateLimitedLog(log)
+    notifier = notifier or Notifier(None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         quiet_accept_errors(asyncio.get_running_loop(), metrics)
-        daemon = await run_in_threadpool(Daemon, settings, metrics, make_pipeline)
+        daemon = await run_in_threadpool(Daemon, settings, metrics, make_pipeline, notifier)
         app.state.daemon = daemon
         try:
             yield
@@ -273,6 +286,33 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+class NotifyingServer(uvicorn.Server):
+    """uvicorn, telling systemd when the port is open (READY=1), when it stops, and that its loop turns."""
+
+    def __init__(self, config: uvicorn.Config, notifier: Notifier) -> None:
+        super().__init__(config)
+        self.notifier = notifier
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        # From the first moment: during start-up the loop waits on the thread that loads models and opens the store.
+        pinger = asyncio.create_task(self.notifier.keep_alive())
+        try:
+            await super().serve(sockets)
+        finally:
+            pinger.cancel()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # The lifespan (store, keys, models) runs first; READY=1 only once the port accepts connections too.
+        await super().startup(sockets)
+        if self.started:
+            scheme = "https" if self.config.ssl_certfile else "http"
+            self.notifier.ready(f"serving on {scheme}://{self.config.host}:{self.config.port}")
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.notifier.stopping("finishing in-flight requests, then saving the store")
+        await super().shutdown(sockets)
+
+
 def serve(settings: Settings, *, state_dir: str | None = None, host: str | None = None, port: int | None = None) -> int:
     """Run the daemon in the foreground until SIGTERM or Ctrl-C; in-flight requests finish first."""
     overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
@@ -281,7 +321,8 @@ def serve(settings: Settings, *, state_dir: str | None = None, host: str | None 
     if state_dir is not None:
         update["state_dir"] = Path(state_dir)
     settings = settings.model_copy(update=update)
-    app = create_app(settings)
+    notifier = Notifier.from_environment()
+    app = create_app(settings, notifier=notifier)
     config = uvicorn.Config(
         app, host=server.host, port=server.port, lifespan="on", server_header=False,
         http=guarded_protocol(server, app.state.metrics),
@@ -290,7 +331,7 @@ def serve(settings: Settings, *, state_dir: str | None = None, host: str | None 
     if server.tls_cert is None and not is_loopback(server.host):
         log.warning("serving plain HTTP on %s: face images cross the network in clear text; configure "
                     "server.tls_cert and server.tls_key", server.host)
-    daemon = uvicorn.Server(config)
+    daemon = NotifyingServer(config, notifier)
     daemon.run()
     return 0 if daemon.started else 1
 

@@ -12,7 +12,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,15 +159,17 @@ class Daemon:
 
 
 def start_daemon(state_dir: Path, *, env: Mapping[str, str] | None = None, ca_bundle: Path | None = None,
-                 preexec: Callable[[], None] | None = None, port: int | None = None) -> Daemon:
-    """Start `edge-face serve` (on `port`, or a free one) and wait until /readyz answers 200; `preexec` runs in
-    the child before it (a umask or a file limit, as a service manager sets them)."""
+                 preexec: Callable[[], None] | None = None, port: int | None = None,
+                 wrapper: Sequence[str] = ()) -> Daemon:
+    """Start `edge-face serve` (on `port`, or a free one; under `wrapper`, a command such as strace) and wait until
+    /readyz answers 200; `preexec` runs in the child before it (a umask or a file limit, as a service manager sets
+    them)."""
     port = port or free_port()
     log = state_dir.with_name(state_dir.name + f"-{port}.log")
     daemon_env = {**os.environ, "EDGE_FACE_SERVER__SHUTDOWN_TIMEOUT_S": "20", **(env or {})}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", "serve", "--state-dir", str(state_dir), "--port", str(port)],
+            [*wrapper, sys.executable, "-m", "edge.cli", "serve", "--state-dir", str(state_dir), "--port", str(port)],
             cwd=REPO, env=daemon_env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=preexec)
     scheme = "https" if ca_bundle else "http"
     daemon = Daemon(state_dir, f"{scheme}://127.0.0.1:{port}", process, log, ca_bundle, dict(env or {}))
