@@ -70,6 +70,8 @@ class _Collection:
     recovery: Recovery
     unpurged: bool = False
     """hnswlib memory still holds vectors of deleted faces (purged by reloading the scrubbed file)."""
+    promoting: bool = False
+    """An HNSW index is being built aside to replace the grown exact one."""
 
 
 class _Replay(NamedTuple):
@@ -225,8 +227,12 @@ class Store:
                     collection_id, "face_added", [face.face_id for _, face in inserted], labels.tolist()
                 )
             self._mutate(state, seq, lambda index: index.add(labels, vectors))
-            if isinstance(state.index, ExactIndex) and len(state.index) > self._exact_max:
-                self._promote(state, state.index)
+            snapshot = None
+            if isinstance(state.index, ExactIndex) and len(state.index) > self._exact_max and not state.promoting:
+                state.promoting = True
+                snapshot = (*state.index.items(), state.applied_seq)
+        if snapshot is not None:
+            self._promote(state, *snapshot)
         return [face for _, face in inserted]
 
     def delete_faces(self, collection_id: str, face_ids: Sequence[str]) -> FaceDeletion:
@@ -451,12 +457,16 @@ class Store:
             state.saved_seq = -1
         state.applied_seq = seq
 
-    def _promote(self, state: _Collection, exact: ExactIndex) -> None:
-        """Swap a grown exact index for HNSW; searches keep using the exact one while it builds."""
-        hnsw = HnswIndex.build(state.record.dim, self._hnsw, *exact.items())
-        with state.lock.write():
-            state.index = hnsw
-        state.saved_seq = -1
+    def _promote(self, state: _Collection, labels: npt.NDArray[np.int64], vectors: Vector, seq: int) -> None:
+        """Swap a grown exact index for HNSW built aside from its snapshot at change `seq`: until it is
+        ready, searches and writes go on against the exact one. The faces are already committed, so a
+        failed build only defers the switch to a later addition."""
+        try:
+            self._swap_in(state, HnswIndex.build(state.record.dim, self._hnsw, labels, vectors), seq)
+        except Exception:
+            log.exception("building the HNSW index of %s failed; it stays exact for now", state.record.collection_id)
+        finally:
+            state.promoting = False
 
     def _build(self, record: CollectionRecord) -> tuple[VectorIndex, int]:
         """A fresh index of the collection from SQLite, and the change sequence it reflects."""
@@ -525,8 +535,12 @@ class Store:
         return _Collection(record, index, RWLock(), applied_seq=seq, saved_seq=-1, recovery=recovery)
 
     def _compact(self, state: _Collection) -> None:
-        """Rebuild an index without its deleted slots; writes are held only while the tail is replayed."""
-        index, seq = self._build(state.record)
+        """Rebuild an index without its deleted slots, from SQLite and without the write lock."""
+        self._swap_in(state, *self._build(state.record))
+
+    def _swap_in(self, state: _Collection, index: VectorIndex, seq: int) -> None:
+        """Replace the collection's index with one built aside up to change `seq`; writes are held only
+        while the changes made since are replayed onto it."""
         with self._write_lock:
             if self._collections.get(state.record.collection_id) is not state:
                 return
