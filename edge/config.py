@@ -81,11 +81,13 @@ class StoreSettings(BaseModel):
 
     #: Collections with at most this many faces are searched exactly; larger ones use HNSW.
     exact_max: int = Field(default=20_000, ge=0)
-    hnsw_m: int = Field(default=16, ge=2, le=128)
+    #: Graph degree: more links per face find the nearest of near-identical faces with a narrower
+    #: (faster) search, for more memory and a slower build (bench/store_scale.py, README).
+    hnsw_m: int = Field(default=32, ge=2, le=128)
     hnsw_ef_construction: int = Field(default=200, ge=8)
-    #: Search breadth (hnswlib widens it to k when k is larger); recall against it is measured by
-    #: bench/store_scale.py and quoted in the README.
-    hnsw_ef: int = Field(default=192, ge=8)
+    #: Search breadth; unset, it grows with the collection (edge.store.index.EF_BY_SIZE) so that
+    #: recall stays put as the collection grows. A number fixes it for every size.
+    hnsw_ef: int | None = Field(default=None, ge=8)
     #: How often changed indexes are saved and the write-ahead log truncated.
     checkpoint_interval_s: float = Field(default=300.0, gt=0)
     #: An HNSW index is rebuilt once this fraction of its slots holds deleted faces.

@@ -306,8 +306,12 @@ class Store:
                     collection_id, "face_added", [face.face_id for _, face in inserted], labels.tolist()
                 )
             self._mutate(state, seq, lambda index: index.add(labels, vectors))
-            if isinstance(state.index, ExactIndex) and len(state.index) > self._exact_max:
-                self._promote(state, state.index)
+            snapshot = None
+            if isinstance(state.index, ExactIndex) and len(state.index) > self._exact_max and not state.promoting:
+                state.promoting = True
+                snapshot = (*state.index.items(), state.applied_seq)
+        if snapshot is not None:
+            self._promote(state, *snapshot)
         return [face for _, face in inserted]
 
     def delete_faces(self, collection_id: str, face_ids: Sequence[str]) -> FaceDeletion:
@@ -652,9 +656,6 @@ class Store:
                     new_ids = {face.face_id for _, face in inserted}
                     rows = vectors[[i for i, face in enumerate(changes.faces) if face.face_id in new_ids]]
                     self._mutate(state, seq, lambda index: index.add(added, rows))
-                    if (isinstance(state.index, ExactIndex) and len(state.index) > self._exact_max
-                            and not state.promoting):
-                        self._promote(state, state.index)
             state.sync = sync
             if isinstance(state.index, ExactIndex) and len(state.index) > self._exact_max and not state.promoting:
                 state.promoting = True
@@ -800,6 +801,7 @@ class Store:
 
     def _catch_up(self, state: _Collection) -> None:
         """Replay into this instance's index the face changes other instances logged since it was current."""
+        snapshot = None
         with self._write_lock:
             with self._db.read() as tx:
                 last = tx.last_face_seq(state.record.collection_id)
@@ -817,8 +819,11 @@ class Store:
                 return
             state.applied_seq = replay.seq
             state.unpurged = state.unpurged or (replay.removed > 0 and isinstance(state.index, HnswIndex))
-            if isinstance(state.index, ExactIndex) and len(state.index) > self._exact_max:
-                self._promote(state, state.index)
+            if isinstance(state.index, ExactIndex) and len(state.index) > self._exact_max and not state.promoting:
+                state.promoting = True
+                snapshot = (*state.index.items(), state.applied_seq)
+        if snapshot is not None:
+            self._promote(state, *snapshot)
 
     @staticmethod
     def _user(tx: Tx, collection_id: str, user_id: str) -> UserRecord:
@@ -886,12 +891,16 @@ class Store:
             state.saved_seq = -1
         state.applied_seq = seq
 
-    def _promote(self, state: _Collection, exact: ExactIndex) -> None:
-        """Swap a grown exact index for HNSW; searches keep using the exact one while it builds."""
-        hnsw = HnswIndex.build(state.record.dim, self._hnsw, *exact.items())
-        with state.lock.write():
-            state.index = hnsw
-        state.saved_seq = -1
+    def _promote(self, state: _Collection, labels: npt.NDArray[np.int64], vectors: Vector, seq: int) -> None:
+        """Swap a grown exact index for HNSW built aside from its snapshot at change `seq`: until it is
+        ready, searches and writes go on against the exact one. The faces are already committed, so a
+        failed build only defers the switch to a later addition."""
+        try:
+            self._swap_in(state, HnswIndex.build(state.record.dim, self._hnsw, labels, vectors), seq)
+        except Exception:
+            log.exception("building the HNSW index of %s failed; it stays exact for now", state.record.collection_id)
+        finally:
+            state.promoting = False
 
     def _build(self, record: CollectionRecord, *, only_exact: bool = False) -> tuple[VectorIndex, int]:
         """A fresh index of the collection from SQLite (exact if asked), and the change sequence it reflects."""
@@ -995,8 +1004,12 @@ class Store:
             state.promoting = False
 
     def _compact(self, state: _Collection) -> None:
-        """Rebuild an index without its deleted slots; writes are held only while the tail is replayed."""
-        index, seq = self._build(state.record)
+        """Rebuild an index without its deleted slots, from SQLite and without the write lock."""
+        self._swap_in(state, *self._build(state.record))
+
+    def _swap_in(self, state: _Collection, index: VectorIndex, seq: int) -> None:
+        """Replace the collection's index with one built aside up to change `seq`; writes are held only
+        while the changes made since are replayed onto it."""
         with self._write_lock:
             if self._collections.get(state.record.collection_id) is not state:
                 return
