@@ -247,13 +247,15 @@ def device_status(state_dir: Path, ca_bundle: Path | None = None) -> dict[str, A
                   "users": sum(c.users for c in collections),
                   "disk_bytes": inspect.disk_use(state_dir) if state_dir.exists() else 0, "free_bytes": free},
         "collections": [{"collection_id": c.collection_id, "faces": c.faces, "users": c.users,
-                         "face_model_version": c.face_model_version} for c in collections],
-        "sync": None,
+                         "face_model_version": c.face_model_version, "synced_from": c.synced_from,
+                         "lag_changes": c.lag_changes, "last_sync_at": c.last_sync_at,
+                         "valid_until": c.valid_until} for c in collections],
     }
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     """The device at a glance: daemon, models, store, collections; --json for scripts."""
+    import time
     from datetime import datetime
 
     from rich.console import Console
@@ -280,11 +282,14 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     free = "" if store["free_bytes"] is None else f", {store['free_bytes'] / 1e9:.1f} GB free"
     console.print(f"store      {report['state_dir']}: {store['collections']} collections, {store['faces']} faces, "
                   f"{store['users']} users; {store['disk_bytes'] / 1e6:.1f} MB on disk{free}")
-    console.print("sync       not configured (local collections only)")
     if report["collections"]:
-        table = Table("collection", "faces", "users", "FaceModelVersion")
+        table = Table("collection", "faces", "users", "FaceModelVersion", "synced from", "last sync", "lag")
         for c in report["collections"]:
-            table.add_row(c["collection_id"], str(c["faces"]), str(c["users"]), c["face_model_version"])
+            synced = c["synced_from"] is not None
+            last = datetime.fromtimestamp(c["last_sync_at"]).strftime("%Y-%m-%d %H:%M:%S") if synced else ""
+            lag = f"{c['lag_changes']} changes, {time.time() - c['last_sync_at']:.0f} s" if synced else ""
+            table.add_row(c["collection_id"], str(c["faces"]), str(c["users"]), c["face_model_version"],
+                          c["synced_from"] or "local", last, lag)
         console.print(table)
     return 0 if not daemon["running"] or daemon.get("ready", False) else 1
 

@@ -21,6 +21,11 @@ class CollectionSummary:
     faces: int
     users: int
     created_at: float
+    synced_from: str | None = None
+    """The central it follows, or None for a local collection."""
+    lag_changes: int | None = None
+    last_sync_at: float | None = None
+    valid_until: float | None = None
 
 
 def collections(state_dir: Path) -> list[CollectionSummary]:
@@ -33,8 +38,10 @@ def collections(state_dir: Path) -> list[CollectionSummary]:
         rows = conn.execute(
             "SELECT c.collection_id, c.face_model_version,"
             " (SELECT count(*) FROM faces f WHERE f.collection_id = c.collection_id),"
-            " (SELECT count(*) FROM users u WHERE u.collection_id = c.collection_id), c.created_at"
-            " FROM collections c ORDER BY c.collection_id").fetchall()
+            " (SELECT count(*) FROM users u WHERE u.collection_id = c.collection_id), c.created_at,"
+            " s.source, s.head_seq - s.applied_seq, s.synced_at, s.valid_until"
+            " FROM collections c LEFT JOIN synced_collections s ON s.collection_id = c.collection_id"
+            " ORDER BY c.collection_id").fetchall()
     finally:
         conn.close()
     return [CollectionSummary(*row) for row in rows]

@@ -68,6 +68,10 @@ def test_device_daemon_syncs_on_its_interval_and_on_demand(central: Central, tmp
         capsys.readouterr()
         assert main(["sync", "--state-dir", str(state_dir), "--url", url]) == 0
         assert json.loads(capsys.readouterr().out)["door"]["applied_seq"] > 0
+        assert main(["status", "--state-dir", str(state_dir), "--json"]) == 0
+        collections = {c["collection_id"]: c for c in json.loads(capsys.readouterr().out)["collections"]}
+        assert (collections["door"]["synced_from"], collections["door"]["lag_changes"]) == (central.url, 0)
+        assert collections["local"]["synced_from"] is None
 
         assert central.cli("revoke-device", "door-1") == 0  # the device says why it cannot sync
         assert main(["sync", "--state-dir", str(state_dir), "--url", url]) == 1
