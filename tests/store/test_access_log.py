@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -65,3 +68,32 @@ def test_decisions_older_than_the_retention_are_pruned(open_store: OpenStore) ->
     store.access_log.record(_decision(None, at=now - 29 * 86400))
     store.checkpoint()
     assert [round((now - d.at) / 86400) for d in store.access_log.query()] == [29]
+
+
+_WRITER = """
+import sys, time
+from pathlib import Path
+from edge.store.access_log import AccessLog, Decision
+log = AccessLog(Path(sys.argv[1]))
+for i in range(100_000):
+    log.record(Decision(time.time(), "SearchFacesByImage", "AKIAKIOSK", "door", f"face-{i}", None, None, 90.0, 80.0))
+    print(i, flush=True)
+"""
+
+
+def test_every_acknowledged_decision_survives_kill_9(tmp_path: Path) -> None:
+    """A decision is acknowledged once `record` returns (the writer then prints it); SIGKILL keeps it."""
+    path = tmp_path / LOG_FILE
+    out = tmp_path / "acknowledged.txt"
+    with out.open("w") as printed:
+        writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=printed)
+        deadline = time.monotonic() + 60
+        while out.read_text().count("\n") < 200 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    acknowledged = out.read_text().count("\n")
+    assert acknowledged >= 200
+    log = AccessLog(path)
+    assert len(log.query()) >= acknowledged
+    log.close()
