@@ -118,7 +118,7 @@ class KeyStore:
         with store._editing() as keys:
             if keys:
                 return store, False
-            made = [_new_key(name, SCOPES[scope]) for name, scope in FIRST_KEYS]
+            made = [new_key(name, SCOPES[scope]) for name, scope in FIRST_KEYS]
             write_private(state_dir / CREDENTIALS_FILE, credentials_text(made))
             keys.extend(made)
         return store, True
@@ -136,7 +136,7 @@ class KeyStore:
         unknown = set(operations or ()) - set(OPERATIONS)
         if unknown:
             raise ValueError(f"no such operations: {', '.join(sorted(unknown))}")
-        key = _new_key(name, None if operations is None else frozenset(operations),
+        key = new_key(name, None if operations is None else frozenset(operations),
                        None if collections is None else frozenset(collections))
         with self._editing() as keys:
             if any(k.name == name and k.revoked_at is None for k in keys):
@@ -156,7 +156,7 @@ class KeyStore:
         with self._editing() as keys:
             index = _find(keys, key)
             old = keys[index]
-            new = _new_key(old.name, old.operations, old.collections)
+            new = new_key(old.name, old.operations, old.collections)
             if not keep_old:
                 keys[index] = old.model_copy(update={"revoked_at": time.time()})
             keys.append(new)
@@ -249,7 +249,7 @@ def _master_key(state_dir: Path) -> bytes:
     return key
 
 
-def _new_key(name: str, operations: frozenset[str] | None, collections: frozenset[str] | None = None) -> AccessKey:
+def new_key(name: str, operations: frozenset[str] | None, collections: frozenset[str] | None = None) -> AccessKey:
     """A key shaped like AWS's own (AKIA + 16, 40-character secret), so every client accepts it."""
     return AccessKey(
         name=name,

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import string
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -18,11 +16,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge.files import write_private
-from edge.server.credentials import AccessKey
+from edge.server.credentials import AccessKey, new_key
 
 DEVICES_FILE = "devices.json"
-_KEY_ID_ALPHABET = string.ascii_uppercase + string.digits
-_SECRET_ALPHABET = string.ascii_letters + string.digits + "+/"
 
 
 class Device(BaseModel):
@@ -61,9 +57,8 @@ class DeviceRegistry(Mapping[str, AccessKey]):
             devices = self._read()
             if any(d.name == name for d in devices.values()):
                 raise ValueError(f"a device named {name!r} exists: revoke it first")
-            device = Device(name=name, access_key_id="AKIA" + "".join(secrets.choice(_KEY_ID_ALPHABET)
-                                                                      for _ in range(16)),
-                            secret_access_key="".join(secrets.choice(_SECRET_ALPHABET) for _ in range(40)),
+            key = new_key(name, frozenset(), frozenset(collections))
+            device = Device(name=name, access_key_id=key.access_key_id, secret_access_key=key.secret_access_key,
                             collections=collections)
             self._write([*devices.values(), device])
             return device
