@@ -19,7 +19,7 @@ RECIPE := $(shell cat $(sort $(wildcard models/*.py models/calibration/*.json)) 
 	2>/dev/null | sha256sum | cut -c1-16)
 MODEL_STAMP := $(MODEL_DIR)/.recipe-$(RECIPE)
 
-.PHONY: run test test-slow bench bench-1m eval lint models setup clean
+.PHONY: run test test-slow test-fleet bundle bench bench-1m eval lint models setup clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -32,6 +32,10 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 
 $(VENV)/.peer: $(VENV)/.synced
 	$(UV) sync --frozen --inexact --extra test --extra peer
+	touch $@
+
+$(VENV)/.fleet: $(VENV)/.synced
+	$(UV) sync --frozen --inexact --extra test --extra fleet
 	touch $@
 
 setup: $(VENV)/.synced
@@ -53,7 +57,20 @@ test: lint models
 	$(VENV)/bin/pytest -m "not slow" -q
 
 test-slow: setup models $(VENV)/.peer
-	$(VENV)/bin/pytest -m slow -q
+	$(VENV)/bin/pytest -m "slow and not fleet" -q
+
+# A release bundle for this machine's architecture (ansible/scripts/build-bundle says how to make the others).
+BUNDLE ?= dist/bundle
+PLATFORM := $(shell $(PYTHON) -c 'import platform, sys; print(f"{platform.machine()}-cp{sys.version_info[0]}{sys.version_info[1]}")')
+$(BUNDLE)/$(PLATFORM).json: pyproject.toml uv.lock ansible/scripts/build-bundle \
+		$(shell find edge systemd -type f -not -path '*/__pycache__/*') | $(UV)
+	UV=$(UV) PYTHON=$(PYTHON) ansible/scripts/build-bundle $(BUNDLE)
+
+bundle: $(BUNDLE)/$(PLATFORM).json
+
+# The ansible roles: ansible-lint's production profile, then the playbook against temporary roots.
+test-fleet: setup models $(VENV)/.fleet bundle
+	EDGE_FACE_BUNDLE=$(abspath $(BUNDLE)) $(VENV)/bin/pytest -m fleet -q
 
 # Results land in bench/results/*.json; 1M-face stores: `make bench-1m`.
 bench: setup models $(VENV)/.peer
@@ -76,6 +93,7 @@ lint: setup
 	$(VENV)/bin/mypy --explicit-package-bases tests/conftest.py tests/test_*.py
 	$(VENV)/bin/mypy --explicit-package-bases tests/store
 	$(VENV)/bin/mypy --explicit-package-bases tests/server
+	$(VENV)/bin/mypy --explicit-package-bases tests/fleet
 
 clean:
 	rm -rf $(VENV) .tools models/.venv
