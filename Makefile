@@ -19,7 +19,7 @@ RECIPE := $(shell cat $(sort $(wildcard models/*.py models/calibration/*.json)) 
 	2>/dev/null | sha256sum | cut -c1-16)
 MODEL_STAMP := $(MODEL_DIR)/.recipe-$(RECIPE)
 
-.PHONY: run test test-slow test-sync bench bench-1m bench-abuse bench-sync eval lint models setup postgres clean
+.PHONY: run test test-slow test-sync test-fleet bundle bench bench-1m bench-abuse bench-sync eval lint models setup postgres clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -42,6 +42,10 @@ postgres:
 		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q \
 			--no-install-recommends postgresql-15; }
 
+$(VENV)/.fleet: $(VENV)/.synced
+	$(UV) sync --frozen --inexact --extra test --extra fleet
+	touch $@
+
 setup: $(VENV)/.synced
 
 # The isolated build environment (TensorFlow) only exists while models are built.
@@ -61,7 +65,20 @@ test: lint models postgres
 	$(VENV)/bin/pytest -m "not slow" -q
 
 test-slow: setup models $(VENV)/.peer
-	$(VENV)/bin/pytest -m slow -q
+	$(VENV)/bin/pytest -m "slow and not fleet" -q
+
+# A release bundle for this machine's architecture (ansible/scripts/build-bundle says how to make the others).
+BUNDLE ?= dist/bundle
+PLATFORM := $(shell $(PYTHON) -c 'import platform, sys; print(f"{platform.machine()}-cp{sys.version_info[0]}{sys.version_info[1]}")')
+$(BUNDLE)/$(PLATFORM).json: pyproject.toml uv.lock ansible/scripts/build-bundle \
+		$(shell find edge systemd -type f -not -path '*/__pycache__/*') | $(UV)
+	UV=$(UV) PYTHON=$(PYTHON) ansible/scripts/build-bundle $(BUNDLE)
+
+bundle: $(BUNDLE)/$(PLATFORM).json
+
+# The ansible roles: ansible-lint's production profile, then the playbook against temporary roots.
+test-fleet: setup models $(VENV)/.fleet bundle
+	EDGE_FACE_BUNDLE=$(abspath $(BUNDLE)) $(VENV)/bin/pytest -m fleet -q
 
 # The fleet with real processes: a central (PostgreSQL and SQLite), device daemons, killed processes.
 test-sync: setup models postgres
@@ -99,6 +116,7 @@ lint: setup
 	$(VENV)/bin/mypy --explicit-package-bases tests/store
 	$(VENV)/bin/mypy --explicit-package-bases tests/server
 	$(VENV)/bin/mypy --explicit-package-bases tests/sync
+	$(VENV)/bin/mypy --explicit-package-bases tests/fleet
 
 clean:
 	rm -rf $(VENV) .tools models/.venv
