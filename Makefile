@@ -19,7 +19,7 @@ RECIPE := $(shell cat $(sort $(wildcard models/*.py models/calibration/*.json)) 
 	2>/dev/null | sha256sum | cut -c1-16)
 MODEL_STAMP := $(MODEL_DIR)/.recipe-$(RECIPE)
 
-.PHONY: run test test-slow test-fleet bundle bench bench-1m eval lint models setup clean
+.PHONY: run test test-slow test-sync test-fleet bundle bench bench-1m bench-abuse bench-sync eval lint models setup postgres clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -33,6 +33,14 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 $(VENV)/.peer: $(VENV)/.synced
 	$(UV) sync --frozen --inexact --extra test --extra peer
 	touch $@
+
+# The central's store and its tests need PostgreSQL (Debian's postgresql-15); installed where missing.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+postgres:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+		echo "installing postgresql-15 (the central's database; its tests start a throwaway server)"; \
+		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q \
+			--no-install-recommends postgresql-15; }
 
 $(VENV)/.fleet: $(VENV)/.synced
 	$(UV) sync --frozen --inexact --extra test --extra fleet
@@ -53,7 +61,7 @@ models: $(MODEL_STAMP)
 run: setup models
 	$(VENV)/bin/edge-face serve
 
-test: lint models
+test: lint models postgres
 	$(VENV)/bin/pytest -m "not slow" -q
 
 test-slow: setup models $(VENV)/.peer
@@ -72,11 +80,25 @@ bundle: $(BUNDLE)/$(PLATFORM).json
 test-fleet: setup models $(VENV)/.fleet bundle
 	EDGE_FACE_BUNDLE=$(abspath $(BUNDLE)) $(VENV)/bin/pytest -m fleet -q
 
+# The fleet with real processes: a central (PostgreSQL and SQLite), device daemons, killed processes.
+test-sync: setup models postgres
+	$(VENV)/bin/pytest -m slow -q tests/sync
+
 # Results land in bench/results/*.json; 1M-face stores: `make bench-1m`.
 bench: setup models $(VENV)/.peer
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m bench.pipeline --data $(FACES) --threads 1
 	$(VENV)/bin/python -m bench.http
 	$(VENV)/bin/python -m bench.store_scale --sizes 100000 --dims 128,512
+	$(VENV)/bin/python -m bench.erasure --sizes 10000,100000
+	$(VENV)/bin/python -m bench.abuse
+
+# 2,000 idle sockets and 200 slowloris bodies against a kiosk's searches, then 10,000 fuzzed requests.
+bench-abuse: setup models
+	$(VENV)/bin/python -m bench.abuse
+
+# Join time at 10k and 100k faces, changes per second, bytes per face, two centrals on one PostgreSQL.
+bench-sync: setup models postgres
+	$(VENV)/bin/python -m bench.sync
 
 bench-1m: setup
 	$(VENV)/bin/python -m bench.store_scale --sizes 1000000 --dims 128 --efs 192,384,768
@@ -93,6 +115,7 @@ lint: setup
 	$(VENV)/bin/mypy --explicit-package-bases tests/conftest.py tests/test_*.py
 	$(VENV)/bin/mypy --explicit-package-bases tests/store
 	$(VENV)/bin/mypy --explicit-package-bases tests/server
+	$(VENV)/bin/mypy --explicit-package-bases tests/sync
 	$(VENV)/bin/mypy --explicit-package-bases tests/fleet
 
 clean:

@@ -46,7 +46,7 @@ from edge.config import Settings
 from edge.evaluation.dataset import data_root
 from edge.rekognition.operations import Rekognition
 from edge.rekognition.tokens import token_secret
-from edge.server.credentials import load_or_create_keys
+from edge.server.credentials import KeyStore
 from edge.store import Store
 from edge.vision.pipeline import STAGES, FacePipeline
 
@@ -95,10 +95,11 @@ def fill(state_dir: Path, settings: Settings, query: bytes, faces_dev: Path, tot
             "model": record.face_model_version}
 
 
-def start(state_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    """`edge-face serve`, as systemd runs it; returns once /readyz answers."""
+def start(state_dir: Path, port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`edge-face serve`, as systemd runs it (with `env` added to this environment); returns once /readyz answers."""
     process = subprocess.Popen([sys.executable, "-m", "edge.cli", "serve", "--state-dir", str(state_dir),
-                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, **(env or {})})
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
         try:
@@ -211,8 +212,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         state_dir = Path(tmp) / "state"
         collection = fill(state_dir, settings, query, args.data / "faces-dev", args.faces)
-        keys, _ = load_or_create_keys(state_dir)
-        admin = next(k for k in keys.values() if k.scope == "admin")
+        keys, _ = KeyStore.open(state_dir)
+        admin = next(k for k in keys.all() if k.scope == "admin")
         key = Credentials(admin.access_key_id, admin.secret_access_key)
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))

@@ -5,7 +5,10 @@ HNSW, as in production), closes the store, then reopens it in a fresh process so
 and resident memory are the serving process's own, not the builder's.  Recall@1 compares the store's
 top hit with an exact scan of all vectors.  Results are merged into bench/results/store_scale.json.
 
-    python bench/store_scale.py --sizes 100000,1000000 --dims 128,512
+Each store is built once and served once per search breadth in `--efs`; `auto` is the store's own
+size-scaled breadth (`edge.store.index.auto_ef`), what a daemon on its defaults uses.
+
+    python -m bench.store_scale --sizes 100000,1000000 --dims 128,512 --efs auto,256,512
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from bench.machine import cpu_model
 from bench.synthetic import SyntheticFaces, new_faces
 from edge.store import HnswParams, Store
-from edge.store.index import HNSWLIB_VERSION, ExactIndex
+from edge.store.index import HNSWLIB_VERSION, ExactIndex, auto_ef
+from edge.store.store import RESERVE_FILE
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "bench-model"
@@ -48,7 +53,7 @@ def _memory_mb() -> dict[str, float]:
 def _disk_bytes(state_dir: Path) -> dict[str, int]:
     sizes = {"db": 0, "index": 0}
     for path in state_dir.rglob("*"):
-        if path.is_file():
+        if path.is_file() and path.name != RESERVE_FILE:  # zeros held for erasures, not the store's size
             sizes["index" if path.parent != state_dir else "db"] += path.stat().st_size
     return sizes
 
@@ -84,7 +89,7 @@ def serve(state_dir: Path, queries_file: Path, params: HnswParams) -> dict[str, 
 
 
 def measure(
-    size: int, dim: int, queries: int, workdir: Path, params: HnswParams, efs: list[int]
+    size: int, dim: int, queries: int, workdir: Path, params: HnswParams, efs: list[int | None]
 ) -> list[dict[str, Any]]:
     """Build one store, then serve it once per search breadth `ef`; one result row per ef."""
     state_dir = workdir / f"store-{size}-{dim}"
@@ -123,7 +128,7 @@ def measure(
     row_of = {face_id: row for row, face_id in enumerate(face_ids)}
     results = []
     for ef in efs:
-        flags = ["--m", str(params.m), "--ef-construction", str(params.ef_construction), "--efs", str(ef)]
+        flags = ["--m", str(params.m), "--ef-construction", str(params.ef_construction), "--efs", str(ef or "auto")]
         child = subprocess.run(
             [sys.executable, __file__, "--serve", str(state_dir), "--queries-file", str(queries_file), *flags],
             check=True,
@@ -136,7 +141,10 @@ def measure(
             {
                 "faces": size,
                 "dim": dim,
-                "ef": ef,
+                "m": params.m,
+                "ef_construction": params.ef_construction,
+                "ef": ef or auto_ef(size),
+                "ef_auto": ef is None,
                 "build_s": round(build_s, 1),
                 "faces_per_s": round(size / build_s),
                 "close_s": round(close_s, 2),
@@ -154,13 +162,14 @@ def measure(
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| faces | dim | ef | build s | faces/s | open s | p50 ms | p99 ms | exact p50 ms | recall@1 "
+        "| faces | dim | M | ef | build s | faces/s | open s | p50 ms | p99 ms | exact p50 ms | recall@1 "
         "| same person@1 | RSS open MB | RSS peak MB | db MB | index MB |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
-            f"| {r['faces']:,} | {r['dim']} | {r['ef']} | {r['build_s']} | {r['faces_per_s']:,} | {r['open_s']} "
+            f"| {r['faces']:,} | {r['dim']} | {r['m']} | {r['ef']}{' (auto)' if r['ef_auto'] else ''} "
+            f"| {r['build_s']} | {r['faces_per_s']:,} | {r['open_s']} "
             f"| {r['search_p50_ms']} | {r['search_p99_ms']} | {r['exact_p50_ms']} | {r['recall_at_1']} "
             f"| {r['identity_at_1']} "
             f"| {r['rss_after_open_mb']:,.0f} | {r['rss_peak_mb']:,.0f} | {r['disk_bytes']['db'] / 2**20:,.0f} "
@@ -169,21 +178,27 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _key(row: dict[str, Any]) -> tuple[int, ...]:
+    """Runs with another graph or breadth are kept beside these; the same one is replaced."""
+    return (row["faces"], row["dim"], row.get("m", 0), row.get("ef_construction", 0), row["ef"],
+            row.get("ef_auto", False))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000", help="comma-separated face counts")
     parser.add_argument("--dims", default="128,512", help="comma-separated embedding dimensions")
-    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--queries", type=int, default=2000)
     defaults = HnswParams()
     parser.add_argument("--m", type=int, default=defaults.m)
     parser.add_argument("--ef-construction", type=int, default=defaults.ef_construction)
-    parser.add_argument("--efs", default=f"96,{defaults.ef},384", help="comma-separated search breadths")
+    parser.add_argument("--efs", default="auto", help="comma-separated search breadths, `auto` for the store's own")
     parser.add_argument("--workdir", type=Path, help="where stores are built (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=RESULTS / "store_scale.json")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--queries-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    efs = [int(ef) for ef in args.efs.split(",")]
+    efs = [None if ef == "auto" else int(ef) for ef in args.efs.split(",")]
     params = HnswParams(m=args.m, ef_construction=args.ef_construction, ef=efs[0])
     if args.serve:
         print(json.dumps(serve(args.serve, args.queries_file, params)))
@@ -200,15 +215,15 @@ def main() -> None:
             shutil.rmtree(workdir, ignore_errors=True)
 
     previous = json.loads(args.out.read_text())["runs"] if args.out.is_file() else []
-    fresh = {(r["faces"], r["dim"], r["ef"]) for r in rows}
-    runs = [r for r in previous if (r["faces"], r["dim"], r["ef"]) not in fresh] + rows
+    fresh = {_key(r) for r in rows}
+    runs = [r for r in previous if _key(r) not in fresh] + rows
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
             {
-                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "hnswlib": HNSWLIB_VERSION},
-                "hnsw": {"m": params.m, "ef_construction": params.ef_construction},
-                "runs": sorted(runs, key=lambda r: (r["faces"], r["dim"], r["ef"])),
+                "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform(),
+                            "hnswlib": HNSWLIB_VERSION},
+                "runs": sorted(runs, key=_key),
             },
             indent=2,
         )

@@ -80,6 +80,10 @@ class ServiceQuotaExceededException(RekognitionError):
     """A user with as many faces as Rekognition allows."""
 
 
+class IdempotentParameterMismatchException(RekognitionError):
+    """A ClientRequestToken used before with other parameters."""
+
+
 # What Rekognition's front end answers before an operation runs. Rekognition speaks AWS JSON 1.1
 # (Coral), whose authentication errors are 400s (REST services such as Lambda send 403): a captured
 # Rekognition reply to an expired signature is `400 {"__type":"InvalidSignatureException",...}`.
@@ -110,4 +114,4 @@ class RequestEntityTooLargeException(RekognitionError):
 
 
 class ServiceUnavailableException(RekognitionError):
-    """The daemon is shutting down."""
+    """The daemon cannot serve the request now (shutting down, storage full, too many connections); retried."""

@@ -9,11 +9,17 @@ are tested on real photos beside these (test_operations.py, tests/server/).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import cv2
 import numpy as np
+import uvicorn
 
+from edge.config import Settings
 from edge.similarity import SimilarityCalibration
 from edge.vision.detector import Detection
 from edge.vision.embedder import FaceGeometry
@@ -85,6 +91,29 @@ class FakeEmbedder:
     def embed(self, chip: np.ndarray) -> np.ndarray:
         vector = chip.reshape(-1, 3).mean(axis=0) - BACKGROUND
         return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+@contextmanager
+def serving(settings: Settings) -> Iterator[tuple[str, uvicorn.Server]]:
+    """The real app with these fake models on a free loopback port, in a thread: (url, server)."""
+    from edge.server.app import create_app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, make_pipeline=fake_pipeline), host="127.0.0.1",
+                                           port=port, lifespan="on", log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "the app did not start"
+    try:
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 def fake_pipeline(settings: object = None, *, observe: Callable[[dict[str, float]], None] | None = None

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from edge.config import Settings, StoreSettings
 from edge.store import open_store
+from edge.store.index import HnswIndex, auto_ef
 from edge.store.models import BoundingBox, NewFace
 
 
@@ -43,5 +44,20 @@ def test_store_settings_choose_exact_or_hnsw(tmp_path: Path) -> None:
         assert list((tmp_path / "collections").glob("*/index.bin")), "20 faces > exact_max must use HNSW"
         hit = store.search("c", faces[3].vector, model_version="m", k=1)[0]
         assert hit.face.face_id == added[3].face_id
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("configured", [None, 300], ids=["auto", "fixed"])
+def test_store_search_breadth_follows_the_collection_unless_configured(tmp_path: Path, configured: int | None) -> None:
+    rng = np.random.default_rng(1)
+    store = open_store(tmp_path, StoreSettings(exact_max=10, hnsw_ef=configured), autosave=False)
+    try:
+        store.create_collection("c", face_model_version="m", dim=8, arn="arn")
+        store.add_faces("c", [NewFace(vector=rng.standard_normal(8), image_id=str(i),
+                                      bounding_box=BoundingBox(0.1, 0.1, 0, 0), confidence=99.0) for i in range(20)],
+                        model_version="m")
+        index = store._collections["c"].index
+        assert isinstance(index, HnswIndex) and index.ef == (configured or auto_ef(20))
     finally:
         store.close()

@@ -254,15 +254,24 @@ def test_similarity_is_monotone_in_cosine(ops: Rekognition) -> None:
     assert np.all(np.diff(sims) >= 0) and sims[0] >= 0 and sims[-1] <= 100
 
 
-def test_delete_faces_leaves_no_vector_on_disk(ops: Rekognition, enrolled: dict[str, str], tmp_path: Path) -> None:
-    face_id = enrolled["Jackie_Chan"]
-    needle = ops.store.get_face_vector("door", face_id).astype("<f4").tobytes()
-    files = [p for p in (tmp_path / "state").rglob("*") if p.is_file()]
-    assert any(needle in p.read_bytes() for p in files)
+def test_deletes_leave_no_vector_user_id_or_external_image_id_on_disk(ops: Rekognition, enrolled: dict[str, str],
+                                                                    tmp_path: Path) -> None:
+    face_id, user_id, external = enrolled["Jackie_Chan"], "staff-4711-Chan", "Jackie_Chan"
+    ops.call("CreateUser", {"CollectionId": "door", "UserId": user_id, "ClientRequestToken": "enrol-4711"})
+    ops.call("AssociateFaces", {"CollectionId": "door", "UserId": user_id, "FaceIds": [face_id]})
+    vector = ops.store.get_face_vector("door", face_id).astype("<f4").tobytes()
+
+    def holding(needle: bytes) -> list[str]:
+        return [p.name for p in (tmp_path / "state").rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+    assert holding(vector) and holding(user_id.encode()) and holding(external.encode())  # the scan sees them
+    ops.call("DeleteUser", {"CollectionId": "door", "UserId": user_id})
+    assert holding(user_id.encode()) == []
     ops.call("DeleteFaces", {"CollectionId": "door", "FaceIds": [face_id]})
     assert face_id not in [f["FaceId"] for f in ops.call("ListFaces", {"CollectionId": "door"})["Faces"]]
-    leaked = [p.name for p in (tmp_path / "state").rglob("*") if p.is_file() and needle in p.read_bytes()]
-    assert leaked == []
+    assert holding(vector) == [] and holding(external.encode()) == []
+    ops.call("DeleteCollection", {"CollectionId": "door"})
+    assert [name for name in enrolled if holding(name.encode())] == []
 
 
 def test_searches_and_indexing_in_parallel(ops: Rekognition, enrolled: dict[str, str],
@@ -288,3 +297,17 @@ def test_searches_and_indexing_in_parallel(ops: Rekognition, enrolled: dict[str,
         assert [f.result() for f in searched] == PEOPLE * 3
         assert sum(indexed) == len(newcomers)
     assert ops.call("DescribeCollection", {"CollectionId": "door"})["FaceCount"] == len(PEOPLE) + len(newcomers)
+
+
+def test_client_request_tokens_are_remembered_across_a_restart(pipeline: FacePipeline, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    for attempt in range(2):  # the second after the store was closed and opened again, as by a restart
+        with Store(state, checkpoint_interval_s=None) as store:
+            ops = Rekognition(store, pipeline, ServiceSettings(), secret=token_secret(state))
+            if attempt == 0:
+                ops.call("CreateCollection", {"CollectionId": "door"})
+            assert ops.call("CreateUser", {"CollectionId": "door", "UserId": "kept",
+                                           "ClientRequestToken": "made-before-restart"}) == {}
+    with Store(state, checkpoint_interval_s=None) as store:
+        ops = Rekognition(store, pipeline, ServiceSettings(), secret=token_secret(state))
+        assert refused(ops, "CreateUser", {"CollectionId": "door", "UserId": "kept"}).code == "ConflictException"

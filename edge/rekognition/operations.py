@@ -9,7 +9,9 @@ against Rekognition's own API model and maps the store's refusals through `error
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,10 +25,11 @@ from edge.rekognition import shapes
 from edge.rekognition.error_map import api_error
 from edge.rekognition.images import ImageSource
 from edge.rekognition.tokens import TokenSigner
-from edge.rekognition.validation import validate_request
+from edge.rekognition.validation import idempotency_token, validate_request
 from edge.similarity import SimilarityCalibration
 from edge.store import Store, StoreError
-from edge.store.models import FaceRecord, NewFace
+from edge.store.access_log import Decision
+from edge.store.models import BoundingBox, FaceRecord, NewFace
 from edge.vision.image import DecodedImage
 from edge.vision.pipeline import Analysis, Face, FacePipeline, FaceSelector
 from edge.vision.quality import QualityFilter, filter_reasons
@@ -36,8 +39,12 @@ MAX_DETECTED_FACES = 100
 MAX_FACES_PER_USER = 100
 DEFAULT_PAGE = 1000
 DEFAULT_SEARCH_MAX_FACES = 80
+#: Collection searches, each logged as a decision (edge.store.access_log).
+SEARCHES = frozenset({"SearchFaces", "SearchFacesByImage", "SearchUsers", "SearchUsersByImage"})
 # ImageId is derived from the image's bytes, so indexing the same image again is recognised.
 _IMAGE_NAMESPACE = uuid.UUID("6f1c3a52-8d0e-4f7b-9a51-2f4a1e0c9b77")
+#: The same bytes give the same boxes; half an overlap still pairs a face detected with other settings.
+SAME_FACE_IOU = 0.5
 
 
 class Rekognition:
@@ -49,6 +56,7 @@ class Rekognition:
         self.settings = settings
         self._images = ImageSource(settings.buckets)
         self._tokens = TokenSigner(secret)
+        self._secret = secret
         similarity = pipeline.embedder.similarity
         if similarity is None:
             raise RuntimeError(f"face model {pipeline.face_model_version} has no similarity calibration: "
@@ -59,19 +67,30 @@ class Rekognition:
     def face_model_version(self) -> str:
         return self.pipeline.face_model_version
 
-    def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Validate and run one operation; raises `edge.errors.RekognitionError` subclasses."""
+    def call(self, operation: str, params: dict[str, Any], *, caller: str | None = None) -> dict[str, Any]:
+        """Validate and run one operation; raises `edge.errors.RekognitionError` subclasses.
+
+        `caller` is the access key that signed the request, for the access log.
+        """
         entry = OPERATIONS.get(operation)
         if entry is None:
             raise errors.InvalidParameterException(f"Operation {operation} is not supported by edge-face")
         request = validate_request(operation, params)
+        member = idempotency_token(operation)
+        token = request.pop(member, None) if member else None
         try:
-            return entry.handler(self, request)
+            if token is None:
+                response = entry.handler(self, request)
+            else:
+                response = self._once(operation, token, request, lambda: entry.handler(self, request))
         except StoreError as exc:
             mapped = api_error(exc)
             if mapped is None:
                 raise
             raise mapped from None
+        if operation in SEARCHES:
+            self.store.access_log.record(decision(operation, request, response, caller))
+        return response
 
     # collections
 
@@ -84,7 +103,7 @@ class Rekognition:
 
     def delete_collection(self, p: dict[str, Any]) -> dict[str, Any]:
         self.store.delete_collection(p["CollectionId"])
-        self.store.checkpoint()  # the erased vectors leave the write-ahead log now, not at the next save
+        self.store.erase()  # its vectors and ids leave every file now, not at the next save
         return {"StatusCode": 200}
 
     def describe_collection(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -97,7 +116,7 @@ class Rekognition:
     def list_collections(self, p: dict[str, Any]) -> dict[str, Any]:
         # Collection ids can be longer than a token holds, so collections page by position.
         offset = int(self._open_token("ListCollections", p)) if p.get("NextToken") else 0
-        limit = p.get("MaxResults") or DEFAULT_PAGE
+        limit = p.get("MaxResults", DEFAULT_PAGE)  # 0 is allowed by the API model: a page of nothing
         records, _ = self.store.list_collections(limit=offset + limit + 1)
         chunk = records[offset:offset + limit]
         out: dict[str, Any] = {"CollectionIds": [r.collection_id for r in chunk],
@@ -111,6 +130,7 @@ class Rekognition:
     def index_faces(self, p: dict[str, Any]) -> dict[str, Any]:
         cid = p["CollectionId"]
         record = self.store.get_collection(cid)
+        self.store.check_writable(cid)  # before the pipeline runs: a synced collection is enrolled centrally
         all_attributes = "ALL" in p.get("DetectionAttributes", [])
         level = QualityFilter(p.get("QualityFilter", "AUTO"))
         # Faces the quality filter refuses are left out first, then the smallest beyond MaxFaces
@@ -129,19 +149,22 @@ class Rekognition:
                 unindexed.append({"Reasons": reasons, "FaceDetail": self._detail(analysis, face, all_attributes)})
             else:
                 kept.append(face)
+        # Rekognition stores no duplicate metadata for an image indexed again (same bytes and
+        # ExternalImageId): a face stored before keeps its FaceId; any other face is new.
         previous = [f for f in self.store.find_faces_by_image(cid, image_id=image_id)
                     if f.external_image_id == external]
-        if previous:
-            stored = _match_boxes(previous, [shapes.bounding_box(analysis.image, f.detection.box) for f in kept])
-        else:
-            stored = self.store.add_faces(cid, [
-                NewFace(vector=f.vector(), image_id=image_id, external_image_id=external,
-                        bounding_box=shapes.stored_box(shapes.bounding_box(analysis.image, f.detection.box)),
-                        confidence=f.confidence)
-                for f in kept], model_version=record.face_model_version)
+        boxes = [shapes.bounding_box(analysis.image, f.detection.box) for f in kept]
+        matched = _match_boxes(previous, boxes)
+        new = [i for i, found in enumerate(matched) if found is None]
+        added = self.store.add_faces(cid, [
+            NewFace(vector=kept[i].vector(), image_id=image_id, external_image_id=external,
+                    bounding_box=shapes.stored_box(boxes[i]), confidence=kept[i].confidence)
+            for i in new], model_version=record.face_model_version)
+        stored = dict(zip(new, added, strict=True))
         return {
-            "FaceRecords": [{"Face": shapes.face(rec), "FaceDetail": self._detail(analysis, f, all_attributes)}
-                            for rec, f in zip(stored, kept, strict=True)],
+            "FaceRecords": [{"Face": shapes.face(found or stored[i]),
+                             "FaceDetail": self._detail(analysis, f, all_attributes)}
+                            for i, (found, f) in enumerate(zip(matched, kept, strict=True))],
             "FaceModelVersion": record.face_model_version,
             "UnindexedFaces": unindexed,
         }
@@ -152,8 +175,11 @@ class Rekognition:
         face_ids = p.get("FaceIds")
         scope = "ListFaces:" + json.dumps([cid, p.get("UserId"), face_ids])
         after = self._open_token(scope, p) if p.get("NextToken") else None
-        faces, last = self.store.list_faces(cid, after=after, limit=p.get("MaxResults") or DEFAULT_PAGE,
+        limit = p.get("MaxResults", DEFAULT_PAGE)
+        faces, last = self.store.list_faces(cid, after=after, limit=max(limit, 1),
                                             user_id=p.get("UserId"), face_ids=face_ids)
+        if limit == 0:  # allowed by the API model: a page of nothing, resuming where it stands
+            faces, last = [], (after or "") if faces else None
         out: dict[str, Any] = {"Faces": [shapes.face(f) for f in faces], "FaceModelVersion": record.face_model_version}
         if last is not None:
             out["NextToken"] = self._tokens.issue(scope, last)
@@ -163,7 +189,7 @@ class Rekognition:
         cid = p["CollectionId"]
         result = self.store.delete_faces(cid, p["FaceIds"])
         if result.deleted:
-            self.store.checkpoint()  # no file keeps a deleted vector once DeleteFaces has answered
+            self.store.erase()  # no file keeps a deleted vector once DeleteFaces has answered
         associated = {f.face_id: f.user_id for f in self.store.list_faces(
             cid, face_ids=result.user_associated, limit=len(result.user_associated) or 1)[0]}
         unsuccessful: list[dict[str, Any]] = [{"FaceId": fid, "Reasons": ["FACE_NOT_FOUND"]}
@@ -233,6 +259,7 @@ class Rekognition:
 
     def delete_user(self, p: dict[str, Any]) -> dict[str, Any]:
         self.store.delete_user(p["CollectionId"], p["UserId"])
+        self.store.erase()  # no file keeps the UserId once DeleteUser has answered
         return {}
 
     def list_users(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -382,6 +409,22 @@ class Rekognition:
     def _open_token(self, scope: str, p: dict[str, Any]) -> str:
         return self._tokens.open(scope, p["NextToken"])
 
+    def _once(self, operation: str, token: str, request: dict[str, Any],
+              run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run an operation with a ClientRequestToken once: a retry with the same token and parameters gets
+        the first answer, other parameters IdempotentParameterMismatchException. Only keyed hashes of the
+        token and the parameters are stored, so no UserId outlives its user in them."""
+        key = self._digest(b"token", token.encode())
+        fingerprint = self._digest(b"request", json.dumps([operation, request], sort_keys=True).encode())
+        answer = self.store.run_once(key, fingerprint, request.get("CollectionId", ""),
+                                     self.settings.request_token_ttl_s, lambda: json.dumps(run()))
+        result: dict[str, Any] = json.loads(answer)
+        return result
+
+    def _digest(self, label: bytes, message: bytes) -> str:
+        return hmac.new(self._secret, b"edge-face ClientRequestToken v1\0" + label + b"\0" + message,
+                        hashlib.sha256).hexdigest()
+
 
 @dataclass(frozen=True)
 class Operation:
@@ -416,11 +459,41 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
 )}
 
 
-def _match_boxes(stored: list[FaceRecord], boxes: list[dict[str, float]]) -> list[FaceRecord]:
-    """Pair faces indexed earlier from the same image with this analysis' faces, by box position."""
-    out = []
-    for box in boxes:
-        centre = (box["Left"] + box["Width"] / 2, box["Top"] + box["Height"] / 2)
-        out.append(min(stored, key=lambda f: (f.bounding_box.left + f.bounding_box.width / 2 - centre[0]) ** 2
-                       + (f.bounding_box.top + f.bounding_box.height / 2 - centre[1]) ** 2))
+def decision(operation: str, request: dict[str, Any], response: dict[str, Any], caller: str | None) -> Decision:
+    """What a search decided: its best match at or above the threshold, or nobody."""
+    faces = operation.startswith("SearchFaces")
+    threshold = request.get("FaceMatchThreshold" if faces else "UserMatchThreshold", 80.0)
+    matches = response["FaceMatches" if faces else "UserMatches"]
+    best: dict[str, Any] = matches[0]["Face" if faces else "User"] if matches else {}
+    return Decision(at=time.time(), operation=operation, key_id=caller, collection_id=request["CollectionId"],
+                    face_id=best.get("FaceId"), user_id=best.get("UserId"),
+                    external_image_id=best.get("ExternalImageId"),
+                    similarity=matches[0]["Similarity"] if matches else None, threshold=threshold)
+
+
+def _match_boxes(stored: list[FaceRecord], boxes: list[dict[str, float]]) -> list[FaceRecord | None]:
+    """Pair this analysis' faces with the faces stored earlier from the same image, one to one.
+
+    Pairs are taken best overlap first; a face that overlaps no unpaired stored face by
+    `SAME_FACE_IOU` was not stored before (None), so one FaceId never stands for two faces.
+    """
+    pairs = sorted(((_iou(box, record.bounding_box), i, j) for i, box in enumerate(boxes)
+                    for j, record in enumerate(stored)), reverse=True)
+    out: list[FaceRecord | None] = [None] * len(boxes)
+    taken: set[int] = set()
+    for iou, i, j in pairs:
+        if iou < SAME_FACE_IOU:
+            break
+        if out[i] is None and j not in taken:
+            out[i] = stored[j]
+            taken.add(j)
     return out
+
+
+def _iou(box: dict[str, float], other: BoundingBox) -> float:
+    """Intersection over union of two boxes in image ratios."""
+    width = min(box["Left"] + box["Width"], other.left + other.width) - max(box["Left"], other.left)
+    height = min(box["Top"] + box["Height"], other.top + other.height) - max(box["Top"], other.top)
+    inter = max(0.0, width) * max(0.0, height)
+    union = box["Width"] * box["Height"] + other.width * other.height - inter
+    return inter / union if union > 0 else 0.0

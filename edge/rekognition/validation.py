@@ -78,6 +78,14 @@ def validate_request(operation: str, params: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+@cache
+def idempotency_token(operation: str) -> str | None:
+    """The member that carries `operation`'s idempotency token (ClientRequestToken), if it has one."""
+    shape = _service_model().operation_model(operation).input_shape
+    members = shape.members.items() if shape is not None else ()
+    return next((name for name, member in members if member.metadata.get("idempotencyToken")), None)
+
+
 def check_image(image: dict[str, Any]) -> None:
     """Require exactly one of `Bytes` or `S3Object`, the rule Rekognition's model cannot express."""
     if (image.get("Bytes") is None) == (image.get("S3Object") is None):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 import time
@@ -132,11 +133,25 @@ class HnswParams:
 
     m: int = _DEFAULTS.hnsw_m
     ef_construction: int = _DEFAULTS.hnsw_ef_construction
-    ef: int = _DEFAULTS.hnsw_ef
+    ef: int | None = _DEFAULTS.hnsw_ef
+    """Search breadth (hnswlib widens it to k when k is larger); None follows `auto_ef`, a number fixes it."""
 
     @classmethod
     def from_settings(cls, settings: StoreSettings) -> HnswParams:
         return cls(m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction, ef=settings.hnsw_ef)
+
+
+EF_MIN = 32
+EF_SQRT_DIVISOR = 8
+"""ef = max(EF_MIN, sqrt(elements) / EF_SQRT_DIVISOR): on clustered faces (bench/store_scale.py, M 32) the
+breadth for a given recall@1 grew as the square root of the graph's size, and this rule kept recall@1
+at or above 0.998 from 100k to 1M faces (README)."""
+
+
+def auto_ef(elements: int) -> int:
+    """The search breadth for a graph of this many elements: a bigger graph needs a wider search
+    for the same recall, and a small one should not pay for a 1M-face breadth."""
+    return max(EF_MIN, math.ceil(math.sqrt(elements) / EF_SQRT_DIVISOR))
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +187,7 @@ class HnswIndex:
         self._raw = raw
         self._params = params
         self._deleted = deleted
-        raw.set_ef(params.ef)
+        self._retune()
 
     @classmethod
     def build(cls, dim: int, params: HnswParams, labels: Labels, vectors: Vector) -> HnswIndex:
@@ -200,6 +215,15 @@ class HnswIndex:
     def element_count(self) -> int:
         return int(self._raw.element_count)
 
+    @property
+    def ef(self) -> int:
+        """The search breadth in use: the configured one, or `auto_ef` of the graph's size."""
+        return int(self._raw.ef)
+
+    def _retune(self) -> None:
+        """Follow the graph's size (deleted slots are still walked); callers hold off searches."""
+        self._raw.set_ef(self._params.ef or auto_ef(self.element_count))
+
     def add(self, labels: Labels, vectors: Vector) -> None:
         reused = min(len(labels), self._deleted)
         needed = self.element_count + len(labels) - reused
@@ -208,6 +232,7 @@ class HnswIndex:
             self._raw.resize_index(max(needed, int(capacity * GROWTH)))
         self._raw.add_items(vectors, labels, replace_deleted=True)
         self._deleted -= reused
+        self._retune()
 
     def remove(self, labels: Labels) -> None:
         for label in labels:
@@ -258,6 +283,49 @@ class HnswIndex:
             json_tmp.write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True))
             fsync_path(json_tmp)
         return manifest
+
+    def raw_bytes(self, directory: Path) -> bytes:
+        """The graph as hnswlib saves it (to ship a built graph over a snapshot's faces)."""
+        path = directory / f".{INDEX_FILE}.{os.getpid()}.ship"
+        try:
+            self._raw.save_index(str(path))
+            return path.read_bytes()
+        finally:
+            path.unlink(missing_ok=True)
+
+    @classmethod
+    def relabelled(cls, data: bytes, dim: int, params: HnswParams, count: int, first_label: int,
+                   directory: Path) -> HnswIndex:
+        """Load a graph built elsewhere over labels 0..count-1 as labels first_label..first_label+count-1.
+
+        The header is checked against this store's dim and parameters (IndexInvalid otherwise); each
+        level-0 record ends with its label, which is shifted in place before hnswlib reads the file.
+        """
+        size, _ = _check_header(data[:_HEADER.size], dim, params, count)
+        if len(data) < _HEADER.size + count * size:
+            raise IndexInvalid("shipped index shorter than its elements")
+        path = directory / f".{INDEX_FILE}.{os.getpid()}.shipped"
+        directory.mkdir(parents=True, exist_ok=True)
+        with replacing(path) as tmp:
+            tmp.write_bytes(data)
+        try:
+            records = np.memmap(path, dtype=np.uint8, mode="r+", offset=_HEADER.size, shape=(count, size))
+            labels = records[:, size - 8 :].view("<u8")
+            if not np.array_equal(np.sort(labels[:, 0]), np.arange(count, dtype=np.uint64)):
+                raise IndexInvalid("shipped index is not labelled by position")
+            labels += np.uint64(first_label)
+            records.flush()
+            del records, labels
+            raw = hnswlib.Index(space=SPACE, dim=dim)
+            try:
+                raw.load_index(str(path), allow_replace_deleted=True)
+            except (RuntimeError, MemoryError) as exc:
+                raise IndexInvalid(f"hnswlib cannot load the shipped index: {exc}") from exc
+            if raw.element_count != count:
+                raise IndexInvalid(f"shipped index holds {raw.element_count} elements, expected {count}")
+            return cls(raw, params, deleted=0)
+        finally:
+            path.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, directory: Path, collection: CollectionRecord, params: HnswParams) -> tuple[HnswIndex, Manifest]:

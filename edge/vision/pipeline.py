@@ -102,8 +102,11 @@ class FacePipeline:
     """Runs its parts in order; `analyse` is safe to call from one thread at a time per pipeline."""
 
     def __init__(self, detector: Detector, mesh: Landmarker, embedder: FaceEmbedder, *,
-                 min_face_presence: float, observe: Callable[[dict[str, float]], None] | None = None) -> None:
-        """`observe` receives every analysis' stage timings in seconds (the daemon's metrics)."""
+                 min_face_presence: float, observe: Callable[[dict[str, float]], None] | None = None,
+                 info: dict[str, str] | None = None) -> None:
+        """`observe` receives every analysis' stage timings in seconds (the daemon's metrics); `info` says
+        which models run where, for an operator (`edge-face status`)."""
+        self.info = info or {}
         self.detector = detector
         self.mesh = mesh
         self.embedder = embedder
@@ -132,7 +135,11 @@ class FacePipeline:
         flip = settings.flip_augment == "on" or (
             settings.flip_augment == "auto" and not (backend.name == "cpu" and artifact.precision == "fp32"))
         embedder = Embedder(catalog, artifact, backend=backend, threads=threads, flip_augment=flip)
-        return cls(detector, mesh, embedder, min_face_presence=settings.min_face_presence, observe=observe)
+        info = {"embedder": artifact.name, "face_model_version": embedder.version, "precision": artifact.precision,
+                "backend": backend.name, "flip_augment": "on" if flip else "off",
+                "detector": f"blazeface_{settings.detector}", "threads": str(threads)}
+        return cls(detector, mesh, embedder, min_face_presence=settings.min_face_presence, observe=observe,
+                   info=info)
 
     @property
     def face_model_version(self) -> str:

@@ -5,9 +5,6 @@ The same daemon runs with the real models in its own process in the other server
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,13 +12,11 @@ from typing import Any
 import boto3
 import botocore.session
 import pytest
-import uvicorn
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from fakes import fake_pipeline, photo
+from fakes import photo, serving
 
 from edge.config import Settings
-from edge.server.app import create_app
 from edge.server.credentials import CREDENTIALS_FILE
 
 
@@ -29,21 +24,8 @@ from edge.server.credentials import CREDENTIALS_FILE
 def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A uvicorn on a free loopback port serving the app with fake models: (url, credentials file)."""
     state_dir = tmp_path_factory.mktemp("fake-daemon")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    settings = Settings(state_dir=state_dir)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, make_pipeline=fake_pipeline), host="127.0.0.1",
-                                           port=port, lifespan="on", log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "the app did not start"
-    yield f"http://127.0.0.1:{port}", state_dir / CREDENTIALS_FILE
-    server.should_exit = True
-    thread.join(30)
+    with serving(Settings(state_dir=state_dir)) as (url, _):
+        yield url, state_dir / CREDENTIALS_FILE
 
 
 def client(endpoint: tuple[str, Path], profile: str) -> Any:

@@ -43,6 +43,7 @@ def _run_and_kill(state_dir: Path, seed: int, delay_s: float) -> list[str]:
     return lines[1:]
 
 
+@pytest.mark.sqlite_only
 def test_acknowledged_writes_survive_sigkill(open_store: OpenStore, state_dir: Path) -> None:
     seeder = random.Random(20240517)
     store = open_store(exact_max=0)

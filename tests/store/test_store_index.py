@@ -12,8 +12,9 @@ import pytest
 from store_support import DIM
 
 from bench.synthetic import SyntheticFaces
+from edge.store import index as index_module
 from edge.store.errors import IndexInvalid
-from edge.store.index import INDEX_FILE, MANIFEST_FILE, ExactIndex, HnswIndex, HnswParams
+from edge.store.index import INDEX_FILE, MANIFEST_FILE, ExactIndex, HnswIndex, HnswParams, auto_ef
 from edge.store.models import CollectionRecord
 
 PARAMS = HnswParams()
@@ -169,3 +170,27 @@ def test_crash_between_the_two_renames_rolls_forward(tmp_path: Path, monkeypatch
     loaded, manifest = HnswIndex.load(directory, RECORD, PARAMS)
     assert (manifest.change_seq, len(loaded)) == (43, 296)
     assert sorted(p.name for p in directory.iterdir()) == [INDEX_FILE, MANIFEST_FILE]
+
+
+def test_auto_ef_never_narrows_as_a_collection_grows() -> None:
+    sizes = [0, 1, 20_000, 100_000, 100_001, 300_000, 1_000_000, 1_000_001, 10**9]
+    efs = [auto_ef(n) for n in sizes]
+    assert efs == sorted(efs) and efs[0] >= 16 and efs[-1] > efs[sizes.index(1_000_000)] > efs[0]
+
+
+def test_search_breadth_follows_the_graph_unless_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # sqrt(50) / 0.25 = 29 is under the floor of 32; sqrt(150) / 0.25 = 49; sqrt(190) / 0.25 = 56.
+    monkeypatch.setattr(index_module, "EF_SQRT_DIVISOR", 0.25)
+    syn = SyntheticFaces(DIM, 300, seed=5)
+    grown = HnswIndex.build(DIM, PARAMS, _labels(50), syn.sample(np.arange(50), stream=0))
+    fixed = HnswIndex.build(DIM, HnswParams(ef=40), _labels(50), syn.sample(np.arange(50), stream=0))
+    assert (grown.ef, fixed.ef) == (32, 40)
+    for index in (grown, fixed):
+        index.add(_labels(100, start=51), syn.sample(np.arange(50, 150), stream=0))
+    assert (grown.ef, fixed.ef) == (49, 40)
+    grown.remove(_labels(60))  # deleted slots are still walked: the breadth follows the graph, not the faces
+    assert grown.ef == 49
+    grown.add(_labels(100, start=1000), syn.sample(np.arange(150, 250), stream=0))
+    assert grown.element_count == 190 and grown.ef == 56  # 60 of the 100 reused deleted slots
+    grown.save(tmp_path, RECORD, change_seq=1)
+    assert HnswIndex.load(tmp_path, RECORD, PARAMS)[0].ef == 56
