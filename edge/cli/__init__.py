@@ -301,7 +301,7 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from edge.server.credentials import SCOPES, AccessKey, KeyStore
+    from edge.server.credentials import SCOPES, AccessKey, KeyStore, key_from_spec
 
     keys = KeyStore(Path(args.state_dir or settings.state_dir))
     console = Console()
@@ -317,6 +317,15 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
             show_secret(keys.create(args.name, operations, args.collection or None))
         elif args.action == "rotate":
             show_secret(keys.rotate(args.key, keep_old=args.keep_old))
+        elif args.action == "import":
+            document = json.loads(sys.stdin.read())
+            if not isinstance(document, list):
+                raise ValueError("expected a JSON list of keys on stdin")
+            changes = keys.put([key_from_spec(spec) for spec in document], revoke_others=args.exclusive)
+            for change, key in changes:
+                print(f"{change} {key.name} {key.access_key_id}")
+            if not changes:
+                print("unchanged")
         elif args.action == "revoke":
             revoked = keys.revoke(args.key)
             console.print(f"revoked {revoked.access_key_id} ({revoked.name}): refused from the next request on")
@@ -516,6 +525,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rotate = actions.add_parser("rotate", help="a new secret (and id) for a key, same name and scope")
     rotate.add_argument("key", help="its access key id or name")
     rotate.add_argument("--keep-old", action="store_true", help="leave the old key valid until revoked")
+    importing = actions.add_parser(
+        "import", help="make the keys given on stdin live as given, secrets included (a fleet's vault: ansible/)",
+        description="stdin: a JSON list of {name, access_key_id, secret_access_key, scope | operations, "
+                    "collections}. Prints what changed: added, updated, revoked (or unchanged).")
+    importing.add_argument("--exclusive", action="store_true", help="revoke every live key not given")
     p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("central", help="the central's device keys and feed signing key")

@@ -31,7 +31,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge.files import check_private, private_secret, write_private
 from edge.rekognition.operations import OPERATIONS
@@ -162,6 +162,46 @@ class KeyStore:
             keys.append(new)
             return new
 
+    def put(self, wanted: Iterable[AccessKey], *, revoke_others: bool = False) -> list[tuple[str, AccessKey]]:
+        """Make these keys live exactly as given, ids and secrets included (a fleet keeps them in its vault).
+
+        A live key of the same name under another id is revoked (a rotation); with `revoke_others`, so is
+        every key not given. A revoked id is never brought back. All or nothing: a refusal writes nothing.
+        Returns what changed, as ("added" | "updated" | "revoked", key).
+        """
+        wanted = list(wanted)
+        for field in ("access_key_id", "name"):
+            values = [getattr(k, field) for k in wanted]
+            if len(set(values)) != len(values):
+                raise ValueError(f"two of the keys given share one {field}")
+        changes: list[tuple[str, AccessKey]] = []
+        now = time.time()
+
+        def revoke(index: int) -> None:
+            keys[index] = keys[index].model_copy(update={"revoked_at": now})
+            changes.append(("revoked", keys[index]))
+
+        with self._editing() as keys:
+            for key in wanted:
+                same = next((i for i, k in enumerate(keys) if k.access_key_id == key.access_key_id), None)
+                if same is not None and keys[same].revoked_at is not None:
+                    raise ValueError(f"{key.access_key_id} ({key.name}) was revoked: give the key a new id")
+                for index in [i for i, k in enumerate(keys) if k.name == key.name and k.revoked_at is None
+                              and k.access_key_id != key.access_key_id]:
+                    revoke(index)
+                if same is None:
+                    keys.append(key.model_copy(update={"created_at": now, "revoked_at": None}))
+                    changes.append(("added", keys[-1]))
+                elif keys[same] != (updated := key.model_copy(update={"created_at": keys[same].created_at,
+                                                                      "revoked_at": None})):
+                    keys[same] = updated
+                    changes.append(("updated", updated))
+            if revoke_others:
+                given = {k.access_key_id for k in wanted}
+                for index in [i for i, k in enumerate(keys) if k.revoked_at is None and k.access_key_id not in given]:
+                    revoke(index)
+        return changes
+
     def _current(self) -> dict[str, AccessKey]:
         with self._lock:
             try:
@@ -222,6 +262,31 @@ class KeyStore:
                          operations=None if stored.operations is None else frozenset(stored.operations),
                          collections=None if stored.collections is None else frozenset(stored.collections),
                          created_at=stored.created_at, revoked_at=stored.revoked_at)
+
+
+def key_from_spec(spec: Any) -> AccessKey:
+    """A key as a fleet's vault writes it: name, access_key_id, secret_access_key, then a `scope` (admin,
+    read-only, search) or a list of `operations`, and optionally the only `collections` it may use.
+
+    A refusal names the key and the field, never the value (it may be the secret).
+    """
+    if not isinstance(spec, dict):
+        raise ValueError("each key is an object with name, access_key_id, secret_access_key and scope")
+    fields = dict(spec)
+    name = str(fields.get("name", "?"))
+    scope = fields.pop("scope", None)
+    if scope is not None:
+        if scope not in SCOPES or "operations" in fields:
+            raise ValueError(f"key {name!r}: scope is one of {', '.join(SCOPES)}, and then no operations")
+        fields["operations"] = SCOPES[scope]
+    unknown = set(fields.get("operations") or ()) - set(OPERATIONS)
+    if unknown:
+        raise ValueError(f"key {name!r}: no such operations: {', '.join(sorted(unknown))}")
+    try:
+        return AccessKey.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False))
+        raise ValueError(f"key {name!r}: {problems}") from None
 
 
 def credentials_text(keys: list[AccessKey]) -> str:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from botocore.configloader import raw_config_parse
 
-from edge.server.credentials import CREDENTIALS_FILE, KEYS_FILE, MASTER_KEY_FILE, SCOPES, KeyStore
+from edge.server.credentials import CREDENTIALS_FILE, KEYS_FILE, MASTER_KEY_FILE, SCOPES, KeyStore, key_from_spec
 
 
 def test_first_start_makes_an_admin_and_a_read_only_profile(tmp_path: Path) -> None:
@@ -100,3 +102,70 @@ def test_a_key_file_others_may_read_is_refused_not_tightened(tmp_path: Path, nam
     with pytest.raises(PermissionError, match="accessible by other users"):
         KeyStore.open(tmp_path)
     assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
+
+
+def vault_key(name: str, scope: str = "admin", secret: str = "s" * 40, **extra: object) -> dict[str, object]:
+    """A key as a fleet's vault holds it (ansible/: edge_face_device_access_keys)."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    key_id = "AKIA" + "".join(alphabet[(ord(c) * 7 + i) % 36] for i, c in enumerate((name * 16)[:16]))
+    return {"name": name, "access_key_id": key_id, "secret_access_key": secret, "scope": scope, **extra}
+
+
+def test_keys_from_a_vault_are_put_as_given_and_the_others_revoked(tmp_path: Path) -> None:
+    keys, _ = KeyStore.open(tmp_path)
+    first = {k.access_key_id for k in keys.all()}
+    given = [vault_key("enrol"), vault_key("door", "search", collections=["staff"])]
+    changes = keys.put([key_from_spec(k) for k in given], revoke_others=True)
+    assert sorted((c, k.name) for c, k in changes) == [("added", "door"), ("added", "enrol"),
+                                                      ("revoked", "admin"), ("revoked", "kiosk")]
+    for spec in given:
+        key = keys.get(str(spec["access_key_id"]))
+        assert key is not None and key.secret_access_key == spec["secret_access_key"]
+        assert key.collections == (frozenset({"staff"}) if spec["name"] == "door" else None)
+    assert all(keys.get(key_id) is None for key_id in first)
+    # The same keys again change nothing: a fleet's second run is quiet.
+    assert keys.put([key_from_spec(k) for k in given], revoke_others=True) == []
+    assert "s" * 40 not in (tmp_path / KEYS_FILE).read_text()
+
+
+def test_a_put_key_follows_its_vault_entry(tmp_path: Path) -> None:
+    keys = KeyStore(tmp_path)
+    old = vault_key("door")
+    keys.put([key_from_spec(old)])
+    # A new secret for the same id is an update; a new id under the same name rotates the old one out.
+    assert [c for c, _ in keys.put([key_from_spec(vault_key("door", secret="t" * 40))])] == ["updated"]
+    rotated = {**vault_key("door"), "access_key_id": "AKIAROTATEDROTATED00"}
+    assert sorted(c for c, _ in keys.put([key_from_spec(rotated)])) == ["added", "revoked"]
+    assert keys.get(str(old["access_key_id"])) is None
+    with pytest.raises(ValueError, match="was revoked"):
+        keys.put([key_from_spec(old)])
+
+
+@pytest.mark.parametrize(("spec", "problem"), [
+    (vault_key("door", scope="everything"), "scope is one of"),
+    (vault_key("door", secret="short-secret"), "secret_access_key"),
+    ({**vault_key("door"), "scope": None, "operations": ["IndexFaces", "Teleport"]}, "no such operations: Teleport"),
+    ({**vault_key("door"), "access_key_id": "akia-lower"}, "access_key_id"),
+])
+def test_a_bad_vault_entry_is_refused_naming_the_field_not_the_secret(tmp_path: Path, spec: dict[str, object],
+                                                                      problem: str) -> None:
+    keys, _ = KeyStore.open(tmp_path)
+    before = (tmp_path / KEYS_FILE).read_bytes()
+    with pytest.raises(ValueError, match=problem) as refused:
+        keys.put([key_from_spec(vault_key("good")), key_from_spec(spec)], revoke_others=True)
+    assert "short-secret" not in str(refused.value)
+    assert (tmp_path / KEYS_FILE).read_bytes() == before
+
+
+def test_keys_import_reads_the_vault_from_stdin_and_prints_no_secret(tmp_path: Path) -> None:
+    given = json.dumps([vault_key("enrol"), vault_key("kiosk-door", "read-only")])
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edge.cli", "keys", "--state-dir", str(tmp_path), "import",
+                               "--exclusive"], input=given, capture_output=True, text=True, timeout=60, check=False)
+
+    first, second = run(), run()
+    assert first.returncode == 0, first.stderr
+    assert sorted(line.split()[0] for line in first.stdout.splitlines()) == ["added", "added"]
+    assert second.stdout == "unchanged\n"
+    assert "s" * 40 not in first.stdout + first.stderr
