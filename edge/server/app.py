@@ -108,7 +108,7 @@ class Daemon:
         # Operations without an image never touch a pipeline, so any worker's facade serves them.
         self.rekognition = workers[0]
         try:
-            self.fleet = Fleet.open(settings, self.store, self.rekognition.face_model_version)
+            self.fleet = Fleet.open(settings, self.store, self.rekognition.face_model_version, notifier.status)
         except BaseException:
             self.pool.close()
             self.store.close()

@@ -62,7 +62,9 @@ class Fleet:
     syncer: Syncer | None = None
 
     @classmethod
-    def open(cls, settings: Settings, store: Store, face_model_version: str) -> Fleet:
+    def open(cls, settings: Settings, store: Store, face_model_version: str,
+             progress: Callable[[str], None] | None = None) -> Fleet:
+        """`progress` hears what each sync round does (the daemon's systemd status line)."""
         fleet = cls()
         if settings.role == "central":
             storage = feed_storage(settings)
@@ -72,7 +74,7 @@ class Fleet:
             fleet.central = Central(publisher, storage, devices, Authenticator(devices, settings.server))
             publisher.start()
         if settings.sync.central_url:
-            fleet.syncer = Syncer(store, settings.sync, settings.state_dir, face_model_version)
+            fleet.syncer = Syncer(store, settings.sync, settings.state_dir, face_model_version, progress=progress)
             fleet.syncer.start()
         return fleet
 

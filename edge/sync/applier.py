@@ -111,7 +111,8 @@ class Syncer:
     `edge-face sync` both call it, one round at a time)."""
 
     def __init__(self, store: Store, settings: SyncSettings, state_dir: Path, face_model_version: str,
-                 clock: Callable[[], float] = time.time, fetcher: FetcherInterface | None = None) -> None:
+                 clock: Callable[[], float] = time.time, fetcher: FetcherInterface | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
         assert settings.central_url and settings.access_key_id and settings.secret_access_key and settings.root
         self._store = store
         self._settings = settings
@@ -122,6 +123,8 @@ class Syncer:
         self._root = settings.root.read_bytes()
         self._fetcher = fetcher or SignedFetcher(settings.access_key_id, settings.secret_access_key,
                                                  timeout_s=settings.timeout_s, ca_bundle=settings.ca_bundle)
+        #: Told what a round is doing and how it ended (the daemon's systemd status line).
+        self._progress = progress or (lambda _: None)
         self._round = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -146,7 +149,11 @@ class Syncer:
     def sync_all(self) -> dict[str, SyncStatus]:
         with self._round:
             for cid in self._settings.collections:
+                self._progress(f"syncing {cid} from {self._central}")
                 self._status[cid] = self._sync_one(cid)
+            self._progress("synced " + ", ".join(
+                f"{s.collection_id} to {s.applied_seq} of {s.head_seq}" if s.reason is None
+                else f"{s.collection_id} refused ({s.reason}), serving {s.applied_seq}" for s in self._status.values()))
         return self.status()
 
     def start(self) -> None:

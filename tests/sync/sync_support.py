@@ -117,11 +117,12 @@ def provision(central: Central, directory: Path, name: str, collections: list[st
     return SyncSettings.model_validate(config["sync"])
 
 
-def open_device(directory: Path, settings: SyncSettings, model: str = MODEL, **store_options: Any) -> Device:
+def open_device(directory: Path, settings: SyncSettings, model: str = MODEL,
+                progress: Callable[[str], None] | None = None, **store_options: Any) -> Device:
     store = Store(directory / "state", checkpoint_interval_s=None, **store_options)
     assert settings.access_key_id and settings.secret_access_key
     wire = WireFetcher(settings.access_key_id, settings.secret_access_key, timeout_s=30)
-    syncer = Syncer(store, settings, directory / "state", model, fetcher=wire)
+    syncer = Syncer(store, settings, directory / "state", model, fetcher=wire, progress=progress)
     return Device(directory / "state", store, syncer, wire, settings)
 
 

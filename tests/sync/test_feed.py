@@ -5,6 +5,7 @@ The same feed with real models and processes is tested in test_fleet_processes.p
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -53,6 +54,21 @@ def _device(central: Central, tmp_path: Path, name: str = "door-1", collections:
 def _colour(person: str) -> np.ndarray:
     vector = np.asarray(PEOPLE[person], dtype=np.float32) - 128
     return vector / np.linalg.norm(vector)
+
+
+def test_each_round_says_what_it_syncs_and_how_it_ended(central: Central, tmp_path: Path) -> None:
+    """What the daemon's systemd status line shows (`systemctl status edge-face`)."""
+    central.client().create_collection(CollectionId="door")
+    central.enrol("door", "ann")
+    said: list[str] = []
+    device = _device(central, tmp_path, collections=("door", "lobby"), progress=said.append)
+    try:
+        device.sync()
+    finally:
+        device.close()
+    url = central.url.rstrip("/")
+    assert said[:2] == [f"syncing door from {url}", f"syncing lobby from {url}"]
+    assert re.fullmatch(r"synced door to ([1-9]\d*) of \1, lobby refused \(\w+\), serving 0", said[2]), said
 
 
 def test_device_converges_and_forgets_what_the_central_deletes(any_central: Central, tmp_path: Path) -> None:
