@@ -1,15 +1,17 @@
 """The ansible roles, run for real: a central and two doors installed into temporary roots on this machine.
 
 The playbook runs with `connection: local` against a root prefix per host (ansible/README.md, "Testing"):
-first `--check --diff`, then for real, then again, which must change nothing. The doors then serve from
-their prefix, started as systemd would start the installed unit (tests/fleet/unitrun.py stands in for
-systemctl, which cannot run here), and answer with the keys and the certificate the play put there. A
-deliberately broken release is then rolled out: the first door rolls back to the release before and
-serves again, and the rollout stops before the second door.
+first `--check --diff`, then for real, then again, which must change nothing. The central and the doors
+then serve from their prefix, started as systemd would start the installed unit (tests/fleet/unitrun.py
+stands in for systemctl, which cannot run here): the central on a throwaway PostgreSQL, the doors with
+the keys and the certificate the play put there, one door following a collection enrolled at the
+central with the sync key the play made for it. A deliberately broken release is then rolled out: the
+first door rolls back to the release before and serves again, and the rollout stops before the second.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -76,8 +78,8 @@ class Door:
         except OSError:
             return 0
 
-    def client(self, profile: str = "admin") -> Any:
-        key = next(k for k in self.keys if k["profile"] == profile)
+    def client(self, name: str = "admin") -> Any:
+        key = next(k for k in self.keys if k["name"] == name)
         return boto3.client("rekognition", region_name="us-east-1", endpoint_url=self.url,
                             aws_access_key_id=key["access_key_id"], aws_secret_access_key=key["secret_access_key"],
                             verify=str(self.cert) if self.cert else None, config=Config(retries={"max_attempts": 1}))
@@ -105,7 +107,7 @@ class Site:
     root: Path
     inventory: Path
     doors: list[Door]
-    central: Path
+    central: Door
     database: PostgreSQL | None
     runs: dict[str, Run]
     #: What the check run left in the doors' roots: nothing, it must be.
@@ -156,11 +158,12 @@ def free_port() -> int:
 
 
 def access_keys() -> list[dict[str, str]]:
+    """An admin and a read-only key, as a site's vault holds them (ansible/README.md)."""
     alphabet = string.ascii_uppercase + string.digits
-    return [{"profile": profile, "scope": scope,
+    return [{"name": name, "scope": scope,
              "access_key_id": "AKIA" + "".join(secrets.choice(alphabet) for _ in range(16)),
              "secret_access_key": secrets.token_urlsafe(30)}
-            for profile, scope in (("admin", "admin"), ("kiosk", "read-only"))]
+            for name, scope in (("admin", "admin"), ("kiosk", "read-only"))]
 
 
 def certificate(directory: Path) -> tuple[Path, Path]:
@@ -199,7 +202,7 @@ def broken_bundle_dir(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory
     shutil.copytree(REPO / "edge", source / "edge", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
-    cli = source / "edge" / "cli.py"
+    cli = source / "edge" / "cli" / "__init__.py"
     text = cli.read_text()
     marker = "    from edge.server.app import serve\n"
     assert marker in text
@@ -228,7 +231,7 @@ def site(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     (doors[0].prefix / "dev").mkdir(parents=True)
     (doors[0].prefix / "dev" / "apex_0").touch()  # where a Coral's node would be
     database = PostgreSQL() if shutil.which("runuser") and (PG_BIN / "initdb").exists() else None
-    central = root / "central"
+    central = Door("central", root / "central", free_port(), access_keys())
     service_command = [sys.executable, str(UNITRUN), "--root", "{{ edge_face_release_prefix }}"]
     inventory: dict[str, Any] = {
         "all": {"vars": {
@@ -246,7 +249,11 @@ def site(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             "edge_face_central_user": "root",
         }},
         "edge_face_central": {"hosts": {"central": {
-            "edge_face_release_prefix": str(central),
+            "edge_face_release_prefix": str(central.prefix),
+            "edge_face_central_settings": {"server": {"port": central.port}},
+            "edge_face_central_access_keys": central.keys,
+            # Without PostgreSQL here the central is installed, not run.
+            "edge_face_central_serve": database is not None,
             "edge_face_central_manage_database": database is not None,
             **({"edge_face_central_pg_socket_dir": str(database.directory),
                 "edge_face_central_pg_port": database.port} if database else {}),
@@ -257,6 +264,10 @@ def site(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             "edge_face_device_access_keys": door.keys,
         } for door in doors}},
     }
+    if database is not None:  # door-b follows the central's "staff", polling every second
+        inventory["edge_face_devices"]["hosts"]["door-b"] |= {
+            "edge_face_device_settings": {"server": {"port": doors[1].port}, "sync": {"interval_s": 1}},
+            "edge_face_device_sync_collections": ["staff"], "edge_face_device_sync_central_url": central.url}
     inventory["edge_face_devices"]["hosts"]["door-a"] |= {
         "edge_face_device_tls_cert": cert.read_text(), "edge_face_device_tls_key": key.read_text(),
         "edge_face_device_accelerator": "coral", "edge_face_device_allowed_networks": ["192.168.10.0/24"]}
@@ -264,7 +275,7 @@ def site(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     built = Site(root, root / "hosts.yml", doors, central, database, {}, [])
     try:
         built.runs["check"] = built.playbook("--check", "--diff")
-        built.after_check = sorted(str(p) for prefix in [central, *(d.prefix for d in doors)]
+        built.after_check = sorted(str(p) for prefix in [central.prefix, *(d.prefix for d in doors)]
                                    for p in prefix.rglob("*") if p.name != "apex_0")
         built.runs["first"] = built.playbook()
         built.runs["second"] = built.playbook()
@@ -272,6 +283,8 @@ def site(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     finally:
         for door in doors:
             subprocess.run([sys.executable, str(UNITRUN), "--root", str(door.prefix), "stop", "edge-face"], check=False)
+        subprocess.run([sys.executable, str(UNITRUN), "--root", str(central.prefix), "stop", "edge-face-central"],
+                       check=False)
         if database is not None:
             database.stop()
 
@@ -294,10 +307,12 @@ def test_the_first_run_installs_doors_that_serve_with_the_site_keys(site: Site) 
     assert set(run.recap()) == {"central", "door-a", "door-b"}
     for door in site.doors:
         assert door.readyz() == 200
+        assert not (door.prefix / "var/lib/edge-face/credentials").exists()  # the first start's keys: revoked
         assert (door.prefix / "opt/edge-face/current/venv/bin/edge-face").exists()
-        assert (door.prefix / "var/lib/edge-face/keys.json").stat().st_mode & 0o777 == 0o600
+        key_file = door.prefix / "var/lib/edge-face/keys.json"
+        assert key_file.stat().st_mode & 0o777 == 0o600
         for key in door.keys:
-            assert key["secret_access_key"] not in run.output
+            assert key["secret_access_key"] not in run.output + key_file.read_text()  # sealed
         admin, kiosk = door.client("admin"), door.client("kiosk")
         admin.create_collection(CollectionId="lobby")
         assert kiosk.list_collections()["CollectionIds"] == ["lobby"]
@@ -333,34 +348,72 @@ def test_the_installed_units_verify_and_stay_closed(site: Site, tmp_path: Path) 
     assert not (site.doors[1].prefix / "etc/systemd/system/edge-face.service.d/accelerator.conf").exists()
 
 
-def test_the_central_is_prepared_but_not_started(site: Site) -> None:
-    """Until the sync issue gives `serve` its central role, the central is installed and left stopped."""
-    units = site.central / "etc/systemd/system"
-    assert (units / "edge-face-central.service").exists()
-    assert not (units / "multi-user.target.wants/edge-face-central.service").exists()
-    assert (site.central / "opt/edge-face/current/venv/bin/edge-face").exists()
+def test_a_door_follows_what_is_enrolled_at_the_central(site: Site, faces_dev: Path) -> None:
+    """The central on PostgreSQL, enrolled through boto3; door-b, given its sync key by the play, finds the face."""
     if site.database is None:
-        pytest.skip("PostgreSQL 15 is not installed here: the database tasks did not run")
+        pytest.skip("PostgreSQL 15 is not installed here: the central was installed, not run")
     assert site.database.query("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'edge_face'") == "root"
+    assert (site.central.prefix / "etc/systemd/system/multi-user.target.wants/edge-face-central.service").is_symlink()
+    door = site.doors[1]
+    assert (door.prefix / "etc/edge-face/edge-face.env").stat().st_mode & 0o777 == 0o600
+    person = next(d for d in sorted(faces_dev.iterdir()) if d.is_dir() and len(list(d.glob("*.jpg"))) >= 2)
+    enrolled, visitor = sorted(person.glob("*.jpg"))[:2]
+    central = site.central.client()
+    central.create_collection(CollectionId="staff")
+    face = central.index_faces(CollectionId="staff", Image={"Bytes": enrolled.read_bytes()},
+                               ExternalImageId=person.name)["FaceRecords"][0]["Face"]["FaceId"]
+    kiosk = door.client("kiosk")
+    deadline = time.monotonic() + 90
+    matches: list[Any] = []
+    while not matches and time.monotonic() < deadline:
+        with contextlib.suppress(ClientError):  # not synced yet
+            matches = kiosk.search_faces_by_image(CollectionId="staff", Image={"Bytes": visitor.read_bytes()},
+                                                  FaceMatchThreshold=70)["FaceMatches"]
+        time.sleep(1)
+    assert [m["Face"]["FaceId"] for m in matches] == [face]
+    with pytest.raises(ClientError, match="InvalidParameter"):  # read-only on the door: enrol at the central
+        door.client().index_faces(CollectionId="staff", Image={"Bytes": enrolled.read_bytes()})
 
 
-def test_a_release_that_does_not_become_ready_is_rolled_back(site: Site, broken_bundle_dir: Path) -> None:
+def rolled_back(run: Run, host: str, to: str) -> None:
+    """The host failed, after its rescue, with the rollback's report as its last word."""
+    counts = run.recap()[host]
+    assert counts["failed"] == 1 and counts["rescued"] == 1, run.output[-6000:]
+    report = [line for line in run.output.splitlines() if line.startswith(f"fatal: [{host}]")][-1]
+    assert f"Rolled back to {to}, which serves again." in " ".join(report.split()), report
+
+
+def test_a_central_that_does_not_become_ready_stops_the_rollout_before_any_door(
+        site: Site, broken_bundle_dir: Path) -> None:
+    if site.database is None:
+        pytest.skip("PostgreSQL 15 is not installed here: the central was installed, not run")
+    good = site.central.current_release()
+    doors = {door.name: door.releases() for door in site.doors}
+    run = site.playbook(bundle_dir=broken_bundle_dir)
+    assert run.returncode != 0
+    rolled_back(run, "central", good)
+    assert site.central.current_release() == good
+    assert site.central.readyz() == 200
+    assert set(run.recap()) == {"central"}
+    assert {door.name: door.releases() for door in site.doors} == doors
+
+
+def test_a_door_that_does_not_become_ready_is_rolled_back_and_the_rollout_stops(
+        site: Site, broken_bundle_dir: Path) -> None:
+    """The doors alone (`--limit`), as a site updates them: the first door is the canary."""
     first, second = site.doors
     good = first.current_release()
     untouched = second.releases()
-    run = site.playbook(bundle_dir=broken_bundle_dir)
+    run = site.playbook("--limit", "edge_face_devices", bundle_dir=broken_bundle_dir)
     assert run.returncode != 0
-    recap = run.recap()
-    assert recap["door-a"]["failed"] == 1 and recap["door-a"]["rescued"] == 1, run.output[-6000:]
-    # The restart fails, then the rollback's report.
-    report = [line for line in run.output.splitlines() if line.startswith("fatal: [door-a]")][-1]
-    assert f"Rolled back to {good}, which serves again." in " ".join(report.split()), report
+    rolled_back(run, "door-a", good)
     # door-a runs the release before, with its data; the rollout stopped before door-b.
     assert first.current_release() == good
     assert len(first.releases()) == 2
     deadline = time.monotonic() + 30
     while first.readyz() != 200 and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert first.client().list_collections()["CollectionIds"] == ["lobby"]
+    assert "lobby" in first.client().list_collections()["CollectionIds"]
+    assert "door-b" not in run.recap()
     assert second.releases() == untouched
     assert second.readyz() == 200
