@@ -129,18 +129,15 @@ def cmd_identify(args: argparse.Namespace, settings: Settings) -> int:
         embeddings, _ = cached_embeddings(faceset, Path(args.peer_cache) if args.peer_cache else None)
         results["face_recognition"] = evaluate_peer_identification(faceset, embeddings)
     print(json.dumps(results, indent=2))
-    print("| protocol | enrolled people | probes | rank-1 | identified at 80 | wrong person at 80 "
-          "| strangers matched at 80 |")
-    print("|---|---|---|---|---|---|---|")
+    columns = ("rank1", "identified_at_80", "wrong_person_at_80", "strangers_matched_at_80", "identified_at_70",
+               "strangers_matched_at_70")
+    print("| protocol | enrolled people | probes | " + " | ".join(c.replace("_", " ") for c in columns) + " |")
+    print("|---" * (3 + len(columns)) + "|")
     rows = {"faces, 1 photo (SearchFacesByImage)": results["edge_face"]} | {
         f"users, {key.replace('_', ' ')} (SearchUsersByImage)": r for key, r in results["edge_face_users"].items()}
     for name, r in rows.items():
-        if not r["enrolled_people"]:
-            print(f"| {name} | 0 | - | - | - | - | - |")
-            continue
-        print(f"| {name} | {r['enrolled_people']} | {r['probes']} | " + " | ".join(
-            f"{100 * r[k]:.1f}%" for k in ("rank1", "identified_at_80", "wrong_person_at_80",
-                                           "strangers_matched_at_80")) + " |")
+        cells = [f"{100 * r[c]:.1f}%" if r["enrolled_people"] else "-" for c in columns]
+        print(f"| {name} | {r['enrolled_people']} | {r.get('probes', '-')} | " + " | ".join(cells) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0
