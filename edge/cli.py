@@ -129,8 +129,8 @@ def cmd_identify(args: argparse.Namespace, settings: Settings) -> int:
         embeddings, _ = cached_embeddings(faceset, Path(args.peer_cache) if args.peer_cache else None)
         results["face_recognition"] = evaluate_peer_identification(faceset, embeddings)
     print(json.dumps(results, indent=2))
-    columns = ("rank1", "identified_at_80", "wrong_person_at_80", "strangers_matched_at_80", "identified_at_70",
-               "strangers_matched_at_70")
+    columns = ("rank1", "identified_at_80", "wrong_person_at_80", "strangers_matched_at_80", "identified_at_75",
+               "strangers_matched_at_75", "identified_at_70", "strangers_matched_at_70")
     print("| protocol | enrolled people | probes | " + " | ".join(c.replace("_", " ") for c in columns) + " |")
     print("|---" * (3 + len(columns)) + "|")
     rows = {"faces, 1 photo (SearchFacesByImage)": results["edge_face"]} | {
@@ -145,6 +145,7 @@ def cmd_identify(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     """Verification accuracy of every embedder artifact in both flip modes (and fusions), beside the peer."""
+    from edge.evaluation.enrolment import compare_user_scores
     from edge.evaluation.verify import fuse, verification_report
 
     if args.identify:
@@ -164,6 +165,10 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
             for weight in args.fusion_weights:
                 models[f"fusion(dlib*{weight:g}+facenet)+flip"] = verification_report(
                     fuse(dlib, facenet, weight), faceset)
+    results["user_scores"] = {
+        f"{name}, users of {n}": compare_user_scores(emb.vectors["labelled"][name], faceset.labels, n)
+        for name in ("dlib_resnet_v1-fp32", "dlib_resnet_v1-fp32+flip") if name in emb.vectors["labelled"]
+        for n in (2, 3)}
     if args.peer:
         from edge.evaluation.peer import evaluate_peer
 
@@ -190,6 +195,12 @@ def _print_eval(results: dict[str, Any]) -> None:
                   f"{100 * t3['tar']:.1f}% ({t3['threshold']:.3f}) | {100 * t4['tar']:.1f}% ({t4['threshold']:.3f}) | "
                   f"{100 * r['tar_at_far']['1e-05']['tar']:.1f}% | " + " | ".join(fmr)
                   + f" | {tar80} |")
+    print("| users scored by | model, user size | TAR@FMR1e-3 | TAR@FMR1e-4 | TAR@FMR1e-5 (photo vs user) |")
+    print("|---|---|---|---|---|")
+    for case, scores in results["user_scores"].items():
+        for score, r in scores.items():
+            print(f"| {score} | {case} | " + " | ".join(f"{100 * r[f]:.1f}%" for f in ("0.001", "0.0001", "1e-05"))
+                  + " |")
     if "peer" in results:
         p = results["peer"]
         print(f"peer face_recognition: 10-fold euclid {100 * p['pairs']['euclidean']['ten_fold_accuracy']:.2f}%, "
