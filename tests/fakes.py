@@ -84,6 +84,10 @@ class FakeEmbedder:
     dim = 3
     similarity = CALIBRATION
 
+    @property
+    def user_similarity(self) -> dict[int, SimilarityCalibration]:
+        return {1: CALIBRATION}
+
     def crop(self, rgb: np.ndarray, face: FaceGeometry) -> np.ndarray:
         x, y, w, h = (int(v) for v in face.box)
         return cv2.resize(rgb[y:y + h, x:x + w], (CHIP, CHIP), interpolation=cv2.INTER_NEAREST)

@@ -234,6 +234,26 @@ def test_users(ops: Rekognition, enrolled: dict[str, str], photos: dict[str, lis
     assert ops.call("DescribeCollection", door)["UserCount"] == 1
 
 
+def test_users_of_three_photos_recognise_new_photos_and_keep_strangers_out(
+        ops: Rekognition, photos: dict[str, list[bytes]]) -> None:
+    door = {"CollectionId": "door"}
+    ops.call("CreateCollection", door)
+    members, strangers = PEOPLE[:4], PEOPLE[4:]
+    for name in members:
+        ops.call("CreateUser", {**door, "UserId": name})
+        faces = [ops.call("IndexFaces", {**door, "Image": b64(image), "ExternalImageId": name})
+                 ["FaceRecords"][0]["Face"]["FaceId"] for image in photos[name][:3]]
+        joined = ops.call("AssociateFaces", {**door, "UserId": name, "FaceIds": faces})
+        assert len(joined["AssociatedFaces"]) == 3, joined
+    for name in members:
+        for image in photos[name][3:]:
+            found = ops.call("SearchUsersByImage", {**door, "Image": b64(image), "UserMatchThreshold": 0})
+            assert found["UserMatches"][0]["User"]["UserId"] == name
+    for name in strangers:
+        for image in photos[name]:
+            assert ops.call("SearchUsersByImage", {**door, "Image": b64(image)})["UserMatches"] == []
+
+
 def test_a_collection_of_another_face_model_never_mixes(ops: Rekognition, photos: dict[str, list[bytes]]) -> None:
     ops.store.create_collection("old", face_model_version="facenet_casia", dim=512, arn="arn")
     error = refused(ops, "IndexFaces", {"CollectionId": "old", "Image": b64(photos["Madonna"][0])})

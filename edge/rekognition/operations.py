@@ -21,7 +21,7 @@ import numpy as np
 
 from edge import errors
 from edge.config import ServiceSettings
-from edge.rekognition import shapes
+from edge.rekognition import shapes, users
 from edge.rekognition.error_map import api_error
 from edge.rekognition.images import ImageSource
 from edge.rekognition.tokens import TokenSigner
@@ -392,19 +392,17 @@ class Rekognition:
 
     def _search_users(self, cid: str, queries: Sequence[np.ndarray], threshold: float, max_users: int,
                       model_version: str, exclude: str | None) -> list[dict[str, Any]]:
-        """Users ranked by their best-matching face over all query vectors."""
-        best: dict[str, float] = {}
-        k = max(1, min(4096, self.store.face_count(cid)))
-        min_cosine = self.similarity.min_cosine(threshold)
-        for vector in queries:
-            for hit in self.store.search(cid, vector, model_version=model_version, k=k, min_similarity=min_cosine):
-                user = hit.face.user_id
-                if user is not None and user != exclude:
-                    best[user] = max(best.get(user, -1.0), hit.similarity)
-        ranked = sorted(best.items(), key=lambda item: -item[1])[:max_users]
-        statuses = {u: self.store.get_user(cid, u).status for u, _ in ranked}
-        return [{"Similarity": float(self.similarity.similarity(cos)),
-                 "User": {"UserId": u, "UserStatus": statuses[u]}} for u, cos in ranked]
+        """Users ranked by the best query's Similarity to the centroid of their faces (edge.rekognition.users)."""
+        maps = self.pipeline.embedder.user_similarity
+        if not maps:
+            raise RuntimeError(f"face model {self.pipeline.face_model_version} has no user calibration: "
+                               "run `make models`")
+        ranked = users.search_users(self.store, cid, queries, model_version=model_version, maps=maps,
+                                    threshold=threshold, max_users=max_users,
+                                    max_faces_per_user=MAX_FACES_PER_USER, exclude=exclude)
+        return [{"Similarity": m.similarity,
+                 "User": {"UserId": m.user_id, "UserStatus": self.store.get_user(cid, m.user_id).status}}
+                for m in ranked]
 
     def _open_token(self, scope: str, p: dict[str, Any]) -> str:
         return self._tokens.open(scope, p["NextToken"])
