@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge.config import PipelineSettings
-from edge.vision.embedder import Embedder
+from edge.vision.embedder import Embedder, unit
 from edge.vision.models import ModelCatalog, ModelError
 from edge.vision.runtime import select_backend
 
@@ -49,6 +49,21 @@ def test_every_embedder_matches_its_reference(catalog: ModelCatalog, parity: dic
         if worst < MIN_COSINE[art.precision]:
             failures.append(f"{art.name}: min cosine {worst:.6f} < {MIN_COSINE[art.precision]}")
     assert not failures, failures
+
+
+def test_flip_pairs_give_the_calibrated_embedding(catalog: ModelCatalog, parity: dict[str, np.ndarray]) -> None:
+    """The mirror pass runs as a batch of two, one or two threads: the vector must still be the mean of
+    the two single passes the similarity calibration was fitted on."""
+    cpu = select_backend(["cpu"])
+    chips = parity["dlib_resnet_v1_inputs"][:8]
+    for precision in ("fp32", "int8-dynamic"):
+        art = catalog.find("embedder", "dlib_resnet_v1", precision)
+        single = Embedder(catalog, art, backend=cpu, threads=1)
+        flips = [Embedder(catalog, art, backend=cpu, threads=threads, flip_augment=True) for threads in (1, 2)]
+        for chip in chips:
+            expected = unit(single.raw(chip) + single.raw(chip[:, ::-1]))
+            for flip in flips:
+                np.testing.assert_allclose(flip.embed(chip), expected, atol=1e-6)
 
 
 def test_every_precision_of_both_embedders_is_built(catalog: ModelCatalog) -> None:

@@ -51,6 +51,10 @@ class Embedder:
         self._mean = float(normalise.get("mean", 0.0))
         self._std = float(normalise.get("std", 1.0))
         self.flip_augment = flip_augment
+        # Accelerator models are compiled for one input shape; on the CPU the pair is a batch of two.
+        self._pairs = flip_augment and backend.delegate_library is None
+        if self._pairs:
+            self._session.run(np.zeros((2, *self._session.input_shape[1:]), dtype=np.float32))  # sized once
 
     @property
     def version(self) -> str:
@@ -69,13 +73,22 @@ class Embedder:
         return self.artifact.similarity.get("flip" if self.flip_augment else "single")
 
     def embed(self, chip: np.ndarray) -> np.ndarray:
-        """The L2-normalised embedding of one aligned chip (RGB uint8)."""
-        vec = self.raw(chip)
-        if self.flip_augment:
-            vec = vec + self.raw(chip[:, ::-1])
-        return unit(vec)
+        """The L2-normalised embedding of one aligned chip (RGB uint8).
+
+        With flip augmentation on the CPU the chip and its mirror image run as one batch of two: one
+        invocation reuses each layer's weights for both and gives the same numbers as two.
+        """
+        if not self.flip_augment:
+            return unit(self.raw(chip))
+        pair = np.stack([chip, chip[:, ::-1]])
+        if self._pairs:
+            return unit(self._outputs(pair).sum(axis=0))
+        return unit(self.raw(pair[0]) + self.raw(pair[1]))
 
     def raw(self, chip: np.ndarray) -> np.ndarray:
         """The model's output for one chip, as it comes (dlib's is not unit length)."""
-        tensor = (chip.astype(np.float32)[None] - self._mean) / self._std
-        return self._session.run(tensor)[0].reshape(-1).astype(np.float64)
+        return self._outputs(chip[None])[0]
+
+    def _outputs(self, chips: np.ndarray) -> np.ndarray:
+        tensor = (chips.astype(np.float32) - self._mean) / self._std
+        return self._session.run(tensor)[0].reshape(len(chips), -1).astype(np.float64)
