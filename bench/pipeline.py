@@ -7,9 +7,10 @@ runs twice: on this CPU's defaults and on fp32 without the mirror pass (the AVX2
 Then each model alone, invoked in a tight loop on its own input, beside the stage that runs it:
 what a stage costs beyond its model is the pre- and post-processing around it (the letterbox, the
 anchor decoding and suppression for detection; the region warp and the output mapping for FaceMesh;
-the chip's normalisation for the embedder). Then two levers: the embedder on one thread against
-two (what a lone request would gain from the second core of an idle device), and the embedder's
-GMAC/s against the core's fp32 matrix-multiply peak. Results go to bench/results/pipeline.json.
+the chip's normalisation for the embedder). Then the levers: MediaPipe's FaceDetector task against
+the LiteRT detector that replaced it, the embedder on one thread against two (what a lone request
+would gain from the second core of an idle device), and the embedder's GMAC/s against the core's
+fp32 matrix-multiply peak. Results go to bench/results/pipeline.json.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m bench.pipeline --data ../shared/data/faces-dev --threads 1
 """
@@ -177,6 +178,34 @@ def run(data: Path, threads: int, photos: int, peer: bool) -> dict[str, Any]:
     return result
 
 
+def detector_task_vs_litert(data: Path, photos: int) -> dict[str, Any]:
+    """MediaPipe's FaceDetector task against edge-face's LiteRT detector on the same model, image by
+    image interleaved, per range and photo set (the lever that replaced the task)."""
+    from bench.mediapipe_task import FaceDetectorTask
+    from edge.config import Settings
+    from edge.vision.detector import FaceDetector
+    from edge.vision.image import decode_image
+    from edge.vision.models import ModelCatalog
+
+    catalog = ModelCatalog(Settings().pipeline.model_dir)
+    images = {label: [decode_image(p).rgb for p in shots] for label, shots in photo_sets(data, photos).items()}
+    out: dict[str, Any] = {}
+    for detector in ("short", "full"):
+        model = catalog.verified_path(catalog.find("detector", f"blazeface_{detector}"))
+        task, ours = FaceDetectorTask(model), FaceDetector(model)
+        for label, rgbs in images.items():
+            times: dict[str, list[float]] = {"mediapipe_task": [], "litert": []}
+            for rgb in rgbs * 2:
+                for name, run in (("mediapipe_task", task.detect), ("litert", ours.detect)):
+                    start = time.perf_counter()
+                    run(rgb)
+                    times[name].append(time.perf_counter() - start)
+            out[f"{detector} {label}"] = {name: round(1000 * float(np.median(t[len(rgbs):])), 3)
+                                          for name, t in times.items()}
+        task.close()
+    return out
+
+
 def lone_request(data: Path, photos: int) -> dict[str, Any]:
     """The embed stage of both configs on one and two threads, before the one-core pin."""
     from edge.config import Settings
@@ -212,10 +241,12 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=100)
     parser.add_argument("--no-peer", dest="peer", action="store_false")
     args = parser.parse_args()
-    # Before the one-core pin: the lever is the second core.
+    # Before the one-core pin: the second core is one lever, MediaPipe's graph threads are in the other.
     lone = lone_request(args.data, args.photos)
+    detectors = detector_task_vs_litert(args.data, args.photos)
     result = run(args.data, args.threads, args.photos, args.peer)
     result["lone_request_embed_ms"] = lone
+    result["detector_ms"] = detectors
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "pipeline.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -2,50 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
-from functools import cache
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 
+from bench.mediapipe_task import FaceDetectorTask
 from edge.config import PipelineSettings
 from edge.vision.detector import FaceDetector
 from edge.vision.image import decode_image
 from edge.vision.models import ModelCatalog
 
 PHOTOS = 60
-
-
-@cache
-def _mediapipe_face_detector() -> types.ModuleType:
-    """MediaPipe's detector task alone: its package __init__ imports matplotlib, which is not installed."""
-    spec = importlib.util.find_spec("mediapipe")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("mediapipe (the test extra) is not installed")
-    root = Path(next(iter(spec.submodule_search_locations)))
-    for sub in ("", "tasks", "tasks/python", "tasks/python/vision"):
-        name = ".".join(["mediapipe", *filter(None, sub.split("/"))])
-        if name not in sys.modules:
-            package = types.ModuleType(name)
-            package.__path__ = [str(root / sub)]
-            sys.modules[name] = package
-    from mediapipe.tasks.python.vision import face_detector
-
-    return face_detector
-
-
-def _task(model: Path) -> Any:
-    fd = _mediapipe_face_detector()
-    from mediapipe.tasks.python.core.base_options import BaseOptions
-
-    options = fd.FaceDetectorOptions(base_options=BaseOptions(model_asset_path=str(model)),
-                                     min_detection_confidence=0.5, min_suppression_threshold=0.3)
-    return fd.FaceDetector.create_from_options(options)
 
 
 def _images(faces_dev: Path, misc: Path) -> list[np.ndarray]:
@@ -67,22 +36,22 @@ def test_detections_match_mediapipes_face_detector_task(settings: PipelineSettin
                                                         detector: str) -> None:
     catalog = ModelCatalog(settings.model_dir)
     model = catalog.verified_path(catalog.find("detector", f"blazeface_{detector}"))
-    ours, task = FaceDetector(model, min_confidence=0.5), _task(model)
-    from mediapipe.tasks.python.vision.core.image import Image, ImageFormat
+    try:
+        task = FaceDetectorTask(model, min_confidence=0.5)
+    except ModuleNotFoundError as exc:
+        pytest.skip(str(exc))
+    ours = FaceDetector(model, min_confidence=0.5)
     images = _images(faces_dev, misc)
     other_counts, worst_keypoint, worst_score = 0, 0.0, 0.0
     for rgb in images:
-        theirs = task.detect(Image(image_format=ImageFormat.SRGB, data=np.ascontiguousarray(rgb))).detections
-        found = ours.detect(rgb)
+        theirs, found = task.detect(rgb), ours.detect(rgb)
         if len(found) != len(theirs):
             other_counts += 1
             continue
-        height, width = rgb.shape[:2]
         for det in theirs:
-            keypoints = np.array([[kp.x * width, kp.y * height] for kp in det.keypoints])
-            match = min(found, key=lambda d: float(np.abs(d.keypoints - keypoints).max()))
-            worst_keypoint = max(worst_keypoint, float(np.abs(match.keypoints - keypoints).max()))
-            worst_score = max(worst_score, abs(match.score - det.categories[0].score))
+            match = min(found, key=lambda d: float(np.abs(d.keypoints - det.keypoints).max()))
+            worst_keypoint = max(worst_keypoint, float(np.abs(match.keypoints - det.keypoints).max()))
+            worst_score = max(worst_score, abs(match.score - det.score))
     task.close()
     # A detection scored within rounding of the 0.5 floor may fall on either side of it.
     assert other_counts <= len(images) // 100 + 1, other_counts
