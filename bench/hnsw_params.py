@@ -20,18 +20,18 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
+from bench.machine import cpu_model
 from bench.store_scale import BATCH, FACES_PER_IDENTITY, QUERY_STREAM, RESULTS
-from edge.evaluation.peer import cpu_model
+from bench.synthetic import SyntheticFaces
 from edge.store.index import HNSWLIB_VERSION, SPACE
-from edge.store.synthetic import SyntheticFaces
 
 
 def sweep(size: int, dim: int, m: int, ef_construction: int, efs: list[int], queries: int) -> list[dict[str, object]]:
     syn = SyntheticFaces(dim, -(-size // FACES_PER_IDENTITY), seed=size + dim)
     data = np.empty((size, dim), dtype=np.float32)
     for start in range(0, size, BATCH):
-        rows = np.arange(start, min(start + BATCH, size))
-        data[rows] = syn.sample(rows // FACES_PER_IDENTITY, stream=start)
+        batch = np.arange(start, min(start + BATCH, size))
+        data[batch] = syn.sample(batch // FACES_PER_IDENTITY, stream=start)
     identities = np.random.default_rng(size * dim).integers(0, len(syn.centres), queries)
     probe = syn.sample(identities, stream=QUERY_STREAM)
     truth = np.concatenate([np.argmax(chunk @ data.T, axis=1) for chunk in np.array_split(probe, 20)])
@@ -41,7 +41,7 @@ def sweep(size: int, dim: int, m: int, ef_construction: int, efs: list[int], que
     for start in range(0, size, BATCH):
         graph.add_items(data[start:start + BATCH], np.arange(start, min(start + BATCH, size)))
     build_s = time.perf_counter() - began
-    rows = []
+    rows: list[dict[str, object]] = []
     for ef in efs:
         graph.set_ef(ef)
         graph.knn_query(probe[:50], k=10, num_threads=1)

@@ -44,16 +44,18 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.machine import cpu_model
 from bench.photos import lfw_paths, photo_sets
+from bench.synthetic import SyntheticFaces, new_faces
 from edge.config import Settings
 from edge.evaluation.dataset import data_root
-from edge.evaluation.peer import cpu_model, import_face_recognition
-from edge.rekognition.operations import Rekognition, token_secret
+from edge.evaluation.peer import import_face_recognition
+from edge.rekognition.operations import Rekognition
+from edge.rekognition.tokens import token_secret
 from edge.rekognition.validation import validate_request
 from edge.server.auth import Authenticator, HttpRequest
-from edge.server.credentials import load_or_create_keys
+from edge.server.credentials import KeyStore
 from edge.store import Store
-from edge.store.synthetic import SyntheticFaces, new_faces
 from edge.vision.pipeline import STAGES, FacePipeline
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -73,7 +75,7 @@ REQUEST_SIZES = {"30KB": 30_000, "600KB": 600_000}
 
 def fill(state_dir: Path, settings: Settings, faces_dev: Path, total: int, enrolled: int) -> dict[str, Any]:
     """The collection: one photo each of `enrolled` faces-dev people, synthetic faces up to `total`."""
-    pipeline = FacePipeline(settings.pipeline)
+    pipeline = FacePipeline.from_settings(settings.pipeline)
     people = sorted({path.parent for path in lfw_paths(faces_dev, enrolled)})
     with Store(state_dir) as store:
         rekognition = Rekognition(store, pipeline, settings.service, secret=token_secret(state_dir))
@@ -95,10 +97,10 @@ def fill(state_dir: Path, settings: Settings, faces_dev: Path, total: int, enrol
     return {"faces": count, "real_faces": count - synthetic, "dim": record.dim, "model": record.face_model_version}
 
 
-def start(state_dir: Path, port: int, overrides: dict[str, str]) -> subprocess.Popen[bytes]:
-    """`edge-face serve`, as systemd runs it; returns once /readyz answers."""
+def start(state_dir: Path, port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`edge-face serve`, as systemd runs it (with `env` added to this environment); returns once /readyz answers."""
     process = subprocess.Popen([sys.executable, "-m", "edge.cli", "serve", "--state-dir", str(state_dir),
-                                "--port", str(port)], env=os.environ | overrides,
+                                "--port", str(port)], env={**os.environ, **(env or {})},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
@@ -268,7 +270,7 @@ def load(daemon: Daemon, photos: list[bytes], concurrency: int, duration: float)
             "daemon_cpu_ms_per_request": round(1000 * cpu / max(1, len(latencies)), 2)}
 
 
-def request_path(key: Credentials, keys: Any, settings: Settings) -> dict[str, Any]:
+def request_path(key: Credentials, keys: KeyStore, settings: Settings) -> dict[str, Any]:
     """Median ms of each step a request's bytes go through outside the pipeline, at 30 KB and 600 KB.
 
     The image is random bytes of that size: none of these steps looks inside it.
@@ -343,8 +345,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         first = Path(tmp) / "default"
         result["collection"] = fill(first, settings, faces_dev, args.faces, enrolled=args.photos)
-        keys, _ = load_or_create_keys(first)
-        admin = next(k for k in keys.values() if k.scope == "admin")
+        keys, _ = KeyStore.open(first)
+        admin = next(k for k in keys.all() if k.scope == "admin")
         key = Credentials(admin.access_key_id, admin.secret_access_key)
         result["request_path_ms"] = request_path(key, keys, settings)
         daemons: dict[str, Daemon] = {}

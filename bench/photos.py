@@ -23,9 +23,29 @@ def lfw_paths(faces_dev: Path, count: int) -> list[Path]:
     return paths[:: max(1, len(paths) // count)][:count]
 
 
+def _jpeg(image: np.ndarray) -> bytes:
+    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a JPEG")
+    return encoded.tobytes()
+
+
+def query_photo(misc: Path) -> bytes:
+    """A 640x480 JPEG with one face: the 4:3 centre of a large one-face photo, as a kiosk camera frames it."""
+    image = cv2.imread(str(misc / "large_4352x2903_one_face.jpg"))
+    if image is None:
+        raise FileNotFoundError(misc / "large_4352x2903_one_face.jpg")
+    height, width = image.shape[:2]
+    crop = int(height * 4 / 3)
+    left = (width - crop) // 2
+    return _jpeg(cv2.resize(image[:, left:left + crop], FRAME, interpolation=cv2.INTER_AREA))
+
+
 def kiosk_frame(photo: bytes, seed: int) -> bytes:
     """A 640x480 JPEG with the photo's face where a kiosk would see it."""
     image = cv2.imdecode(np.frombuffer(photo, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError("not an image OpenCV can decode")
     width, height = FRAME
     frame = cv2.GaussianBlur(cv2.resize(image, FRAME, interpolation=cv2.INTER_LINEAR), (0, 0), 12)
     side = round(min(image.shape[:2]) * SCALE)
@@ -33,10 +53,7 @@ def kiosk_frame(photo: bytes, seed: int) -> bytes:
     rng = np.random.default_rng(seed)
     left, top = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
     frame[top:top + side, left:left + side] = face
-    ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-        raise RuntimeError("OpenCV could not encode a JPEG")
-    return encoded.tobytes()
+    return _jpeg(frame)
 
 
 def photo_sets(faces_dev: Path, count: int) -> dict[str, list[bytes]]:

@@ -26,10 +26,31 @@ from typing import Any
 
 import numpy as np
 
+from bench.machine import cpu_model, limit_threads
 from bench.photos import photo_sets
-from edge.evaluation.peer import cpu_model, limit_threads
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: The default for this CPU, and fp32 without the mirror pass (the default on AVX2-only CPUs).
+FP32 = {"precision": "fp32", "flip_augment": "off"}
+
+
+def configs(threads: int) -> dict[str, tuple[Any, Any]]:
+    """Both configurations: name -> (settings, the pipeline built from them)."""
+    from edge.config import Settings
+    from edge.vision.pipeline import FacePipeline
+
+    settings = Settings().pipeline.model_copy(update={"threads": threads})
+    chosen = {"default": settings, "fp32": settings.model_copy(update=FP32)}
+    return {name: (s, FacePipeline.from_settings(s)) for name, s in chosen.items()}
+
+
+def real_embedder(pipe: Any) -> Any:
+    """The pipeline's Embedder (from_settings builds the real one), for its artifact and flip mode."""
+    from edge.vision.embedder import Embedder
+
+    embedder = pipe.embedder
+    assert isinstance(embedder, Embedder)
+    return embedder
 
 
 def matmul_peak_gmacs(size: int = 1024, repeats: int = 5) -> float:
@@ -59,17 +80,18 @@ def median_ms(step: Callable[[], object], runs: int = 200, warmup: int = 10) -> 
 class ModelsAlone:
     """Each model of a pipeline in its own interpreter, invoked on an input of its shape and nothing else."""
 
-    def __init__(self, pipe: Any, threads: int) -> None:
+    def __init__(self, settings: Any, pipe: Any, threads: int) -> None:
         from edge.vision.models import ModelCatalog
         from edge.vision.runtime import LiteRTSession
 
-        catalog = ModelCatalog(pipe.settings.model_dir)
+        catalog = ModelCatalog(settings.model_dir)
+        embedder = real_embedder(pipe)
         self._runs: dict[str, tuple[Any, np.ndarray]] = {}
-        for stage, artifact in (("detect", catalog.find("detector", f"blazeface_{pipe.settings.detector}")),
+        for stage, artifact in (("detect", catalog.find("detector", f"blazeface_{settings.detector}")),
                                 ("landmarks", catalog.find("landmarks", "face_mesh")),
-                                ("embed", pipe.embedder.artifact)):
+                                ("embed", embedder.artifact)):
             session = LiteRTSession(catalog.verified_path(artifact), threads=threads)
-            batch = 2 if stage == "embed" and pipe.embedder.flip_augment else 1  # the mirror pass rides along
+            batch = 2 if stage == "embed" and embedder.flip_augment else 1  # the mirror pass rides along
             self._runs[stage] = session, np.full((batch, *session.input_shape[1:]), 0.5, dtype=np.float32)
 
     def time_once(self) -> dict[str, float]:
@@ -81,17 +103,17 @@ class ModelsAlone:
         return times
 
 
-def stage_times(configs: dict[str, Any], alone: dict[str, ModelsAlone], photos: list[bytes],
+def stage_times(pipes: dict[str, Any], alone: dict[str, ModelsAlone], photos: list[bytes],
                 fr: Any) -> dict[str, Any]:
     """Median ms per stage of every config, of its models alone, and of face_recognition, photo by photo
     interleaved."""
     from edge.vision.pipeline import STAGES
 
-    ours = {name: {s: [] for s in (*STAGES, "total")} for name in configs}
-    models: dict[str, dict[str, list[float]]] = {name: {} for name in configs}
+    ours: dict[str, dict[str, list[float]]] = {name: {s: [] for s in (*STAGES, "total")} for name in pipes}
+    models: dict[str, dict[str, list[float]]] = {name: {} for name in pipes}
     theirs: dict[str, list[float]] = {s: [] for s in ("decode", "detect", "encode", "total")}
     for data in photos * 2:  # the first pass warms caches and is discarded below
-        for name, pipe in configs.items():
+        for name, pipe in pipes.items():
             start = time.perf_counter()
             analysis = pipe.analyse(data, max_faces=1)
             total = time.perf_counter() - start
@@ -134,16 +156,16 @@ def stage_times(configs: dict[str, Any], alone: dict[str, ModelsAlone], photos: 
     return result
 
 
-def two_threads(pipe: Any, photos: list[bytes]) -> dict[str, float]:
+def two_threads(settings: Any, pipe: Any, photos: list[bytes]) -> dict[str, float]:
     """The embedder on one thread and on two, interleaved photo by photo: what a lone request would
     gain by taking the second core of an idle two-core device."""
     from edge.vision.embedder import Embedder
     from edge.vision.models import ModelCatalog
     from edge.vision.runtime import select_backend
 
-    catalog = ModelCatalog(pipe.settings.model_dir)
-    embedders = {threads: Embedder(catalog, pipe.embedder.artifact, backend=select_backend(["cpu"]),
-                                   threads=threads, flip_augment=pipe.embedder.flip_augment) for threads in (1, 2)}
+    catalog, own = ModelCatalog(settings.model_dir), real_embedder(pipe)
+    embedders = {threads: Embedder(catalog, own.artifact, backend=select_backend(["cpu"]), threads=threads,
+                                   flip_augment=own.flip_augment) for threads in (1, 2)}
     chips = [analysis.faces[0].chip for analysis in (pipe.analyse(p, embed=False) for p in photos) if analysis.faces]
     times: dict[int, list[float]] = {threads: [] for threads in embedders}
     for chip in chips * 2:
@@ -156,25 +178,23 @@ def two_threads(pipe: Any, photos: list[bytes]) -> dict[str, float]:
 
 def run(data: Path, threads: int, photos: int, peer: bool) -> dict[str, Any]:
     limit_threads(threads)
-    from edge.config import Settings
-    from edge.vision.pipeline import FacePipeline
-
-    settings = Settings().pipeline.model_copy(update={"threads": threads})
-    # The default for this CPU, and fp32 without the mirror pass (the default on AVX2-only CPUs).
-    configs = {"default": FacePipeline(settings),
-               "fp32": FacePipeline(settings.model_copy(update={"precision": "fp32", "flip_augment": "off"}))}
+    built = configs(threads)
+    pipes = {name: pipe for name, (_, pipe) in built.items()}
     fr = None
     if peer:
         from edge.evaluation.peer import import_face_recognition
 
         fr = import_face_recognition()
     sets = photo_sets(data, photos)
+    embedders = {name: real_embedder(pipe) for name, pipe in pipes.items()}
     result: dict[str, Any] = {"cpu": cpu_model(), "threads": threads,
-                              "configs": {name: {"embedder": p.embedder.artifact.name, "flip": p.embedder.flip_augment}
-                                          for name, p in configs.items()}}
-    alone = {name: ModelsAlone(pipe, threads) for name, pipe in configs.items()}
-    result["sets"] = {label: stage_times(configs, alone, shots, fr) for label, shots in sets.items()}
-    result["embedder"] = {"fp32": embedder_roofline(configs["default"], threads)}
+                              "configs": {name: {"embedder": e.artifact.name, "flip": e.flip_augment}
+                                          for name, e in embedders.items()}}
+    alone = {name: ModelsAlone(settings, pipe, threads) for name, (settings, pipe) in built.items()}
+    result["sets"] = {label: stage_times(pipes, alone, shots, fr) for label, shots in sets.items()}
+    default_settings = built["default"][0]
+    result["embedder"] = {"fp32": embedder_roofline(embedders["default"].artifact.family, default_settings.model_dir,
+                                                    threads)}
     return result
 
 
@@ -208,23 +228,18 @@ def detector_task_vs_litert(data: Path, photos: int) -> dict[str, Any]:
 
 def lone_request(data: Path, photos: int) -> dict[str, Any]:
     """The embed stage of both configs on one and two threads, before the one-core pin."""
-    from edge.config import Settings
-    from edge.vision.pipeline import FacePipeline
-
-    settings = Settings().pipeline.model_copy(update={"threads": 1})
     shots = photo_sets(data, photos)["250x250"]
-    return {name: two_threads(FacePipeline(s), shots) for name, s in (
-        ("default", settings), ("fp32", settings.model_copy(update={"precision": "fp32", "flip_augment": "off"})))}
+    return {name: two_threads(settings, pipe, shots) for name, (settings, pipe) in configs(1).items()}
 
 
-def embedder_roofline(pipeline: Any, threads: int, runs: int = 100) -> dict[str, float]:
+def embedder_roofline(family: str, model_dir: Path, threads: int, runs: int = 100) -> dict[str, float]:
     """The fp32 embedder's GMAC/s on one chip against the core's fp32 matrix-multiply peak."""
     from edge.vision.embedder import Embedder
     from edge.vision.models import ModelCatalog
     from edge.vision.runtime import select_backend
 
-    catalog = ModelCatalog(pipeline.settings.model_dir)
-    art = catalog.find("embedder", pipeline.embedder.artifact.family, "fp32")
+    catalog = ModelCatalog(model_dir)
+    art = catalog.find("embedder", family, "fp32")
     embedder = Embedder(catalog, art, backend=select_backend(["cpu"]), threads=threads)
     chip = np.zeros((*art.input_size, 3), dtype=np.uint8)
     ms = median_ms(lambda: embedder.raw(chip), runs=runs)

@@ -27,10 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from edge.evaluation.peer import cpu_model
+from bench.machine import cpu_model
+from bench.synthetic import SyntheticFaces, new_faces
 from edge.store import HnswParams, Store
 from edge.store.index import HNSWLIB_VERSION, ExactIndex, auto_ef
-from edge.store.synthetic import SyntheticFaces, new_faces
+from edge.store.store import RESERVE_FILE
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "bench-model"
@@ -52,7 +53,7 @@ def _memory_mb() -> dict[str, float]:
 def _disk_bytes(state_dir: Path) -> dict[str, int]:
     sizes = {"db": 0, "index": 0}
     for path in state_dir.rglob("*"):
-        if path.is_file():
+        if path.is_file() and path.name != RESERVE_FILE:  # zeros held for erasures, not the store's size
             sizes["index" if path.parent != state_dir else "db"] += path.stat().st_size
     return sizes
 

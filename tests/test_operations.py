@@ -13,7 +13,8 @@ import pytest
 
 from edge import errors
 from edge.config import ServiceSettings
-from edge.rekognition.operations import Rekognition, token_secret
+from edge.rekognition.operations import Rekognition
+from edge.rekognition.tokens import token_secret
 from edge.store import Store
 from edge.vision.pipeline import FacePipeline
 
@@ -127,6 +128,7 @@ def test_index_faces_max_faces_and_quality_filter(ops: Rekognition, misc: Path) 
     assert len(result["FaceRecords"]) == 1
     assert [u["Reasons"] for u in result["UnindexedFaces"]] == [["EXCEEDS_MAX_FACES"]]
     face = cv2.imread(str(misc / "large_4352x2903_one_face.jpg"))
+    assert face is not None
     blurred = cv2.GaussianBlur(cv2.resize(face, (1088, 726)), (0, 0), 9)
     data = cv2.imencode(".jpg", blurred)[1].tobytes()
     high = ops.call("IndexFaces", {"CollectionId": "group", "Image": b64(data), "QualityFilter": "HIGH"})
@@ -137,7 +139,7 @@ def test_index_faces_max_faces_and_quality_filter(ops: Rekognition, misc: Path) 
 def test_list_faces_pages_with_tokens_bound_to_the_collection(ops: Rekognition, enrolled: dict[str, str]) -> None:
     ids, token = [], None
     while True:
-        paging = {"NextToken": token} if token else {}
+        paging: dict[str, str] = {"NextToken": token} if token else {}
         page = ops.call("ListFaces", {"CollectionId": "door", "MaxResults": 4, **paging})
         ids += [f["FaceId"] for f in page["Faces"]]
         token = page.get("NextToken")
@@ -165,7 +167,7 @@ def test_bad_input_gets_rekognition_errors_and_changes_nothing(ops: Rekognition,
                                                                misc: Path) -> None:
     door = {"CollectionId": "door"}
     noface = b64((misc / "noface_horses.jpg").read_bytes())
-    cases = [
+    cases: list[tuple[str, dict[str, Any], str]] = [
         ("SearchFacesByImage", {**door, "Image": noface}, "InvalidParameterException"),
         ("SearchFacesByImage", {**door, "Image": noface, "FaceMatchThreshold": 101}, "ValidationException"),
         ("SearchFacesByImage", {"CollectionId": "nope", "Image": noface}, "ResourceNotFoundException"),
@@ -232,6 +234,26 @@ def test_users(ops: Rekognition, enrolled: dict[str, str], photos: dict[str, lis
     assert ops.call("DescribeCollection", door)["UserCount"] == 1
 
 
+def test_users_of_three_photos_recognise_new_photos_and_keep_strangers_out(
+        ops: Rekognition, photos: dict[str, list[bytes]]) -> None:
+    door = {"CollectionId": "door"}
+    ops.call("CreateCollection", door)
+    members, strangers = PEOPLE[:4], PEOPLE[4:]
+    for name in members:
+        ops.call("CreateUser", {**door, "UserId": name})
+        faces = [ops.call("IndexFaces", {**door, "Image": b64(image), "ExternalImageId": name})
+                 ["FaceRecords"][0]["Face"]["FaceId"] for image in photos[name][:3]]
+        joined = ops.call("AssociateFaces", {**door, "UserId": name, "FaceIds": faces})
+        assert len(joined["AssociatedFaces"]) == 3, joined
+    for name in members:
+        for image in photos[name][3:]:
+            found = ops.call("SearchUsersByImage", {**door, "Image": b64(image), "UserMatchThreshold": 0})
+            assert found["UserMatches"][0]["User"]["UserId"] == name
+    for name in strangers:
+        for image in photos[name]:
+            assert ops.call("SearchUsersByImage", {**door, "Image": b64(image)})["UserMatches"] == []
+
+
 def test_a_collection_of_another_face_model_never_mixes(ops: Rekognition, photos: dict[str, list[bytes]]) -> None:
     ops.store.create_collection("old", face_model_version="facenet_casia", dim=512, arn="arn")
     error = refused(ops, "IndexFaces", {"CollectionId": "old", "Image": b64(photos["Madonna"][0])})
@@ -252,15 +274,24 @@ def test_similarity_is_monotone_in_cosine(ops: Rekognition) -> None:
     assert np.all(np.diff(sims) >= 0) and sims[0] >= 0 and sims[-1] <= 100
 
 
-def test_delete_faces_leaves_no_vector_on_disk(ops: Rekognition, enrolled: dict[str, str], tmp_path: Path) -> None:
-    face_id = enrolled["Jackie_Chan"]
-    needle = ops.store.get_face_vector("door", face_id).astype("<f4").tobytes()
-    files = [p for p in (tmp_path / "state").rglob("*") if p.is_file()]
-    assert any(needle in p.read_bytes() for p in files)
+def test_deletes_leave_no_vector_user_id_or_external_image_id_on_disk(ops: Rekognition, enrolled: dict[str, str],
+                                                                    tmp_path: Path) -> None:
+    face_id, user_id, external = enrolled["Jackie_Chan"], "staff-4711-Chan", "Jackie_Chan"
+    ops.call("CreateUser", {"CollectionId": "door", "UserId": user_id, "ClientRequestToken": "enrol-4711"})
+    ops.call("AssociateFaces", {"CollectionId": "door", "UserId": user_id, "FaceIds": [face_id]})
+    vector = ops.store.get_face_vector("door", face_id).astype("<f4").tobytes()
+
+    def holding(needle: bytes) -> list[str]:
+        return [p.name for p in (tmp_path / "state").rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+    assert holding(vector) and holding(user_id.encode()) and holding(external.encode())  # the scan sees them
+    ops.call("DeleteUser", {"CollectionId": "door", "UserId": user_id})
+    assert holding(user_id.encode()) == []
     ops.call("DeleteFaces", {"CollectionId": "door", "FaceIds": [face_id]})
     assert face_id not in [f["FaceId"] for f in ops.call("ListFaces", {"CollectionId": "door"})["Faces"]]
-    leaked = [p.name for p in (tmp_path / "state").rglob("*") if p.is_file() and needle in p.read_bytes()]
-    assert leaked == []
+    assert holding(vector) == [] and holding(external.encode()) == []
+    ops.call("DeleteCollection", {"CollectionId": "door"})
+    assert [name for name in enrolled if holding(name.encode())] == []
 
 
 def test_searches_and_indexing_in_parallel(ops: Rekognition, enrolled: dict[str, str],
@@ -286,3 +317,17 @@ def test_searches_and_indexing_in_parallel(ops: Rekognition, enrolled: dict[str,
         assert [f.result() for f in searched] == PEOPLE * 3
         assert sum(indexed) == len(newcomers)
     assert ops.call("DescribeCollection", {"CollectionId": "door"})["FaceCount"] == len(PEOPLE) + len(newcomers)
+
+
+def test_client_request_tokens_are_remembered_across_a_restart(pipeline: FacePipeline, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    for attempt in range(2):  # the second after the store was closed and opened again, as by a restart
+        with Store(state, checkpoint_interval_s=None) as store:
+            ops = Rekognition(store, pipeline, ServiceSettings(), secret=token_secret(state))
+            if attempt == 0:
+                ops.call("CreateCollection", {"CollectionId": "door"})
+            assert ops.call("CreateUser", {"CollectionId": "door", "UserId": "kept",
+                                           "ClientRequestToken": "made-before-restart"}) == {}
+    with Store(state, checkpoint_interval_s=None) as store:
+        ops = Rekognition(store, pipeline, ServiceSettings(), secret=token_secret(state))
+        assert refused(ops, "CreateUser", {"CollectionId": "door", "UserId": "kept"}).code == "ConflictException"

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from edge.evaluation.dataset import load_faceset
-from edge.vision.pipeline import DEFAULT_LANDMARKS, FacePipeline, face_detail
+from edge.rekognition.shapes import DEFAULT_LANDMARKS, face_detail
+from edge.vision.pipeline import FacePipeline
 
 # Faces found by each detector range on the group photos of misc/, as the README states them:
 # (least, most) for short range, then for full range. The README's table holds the measured counts.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -44,14 +45,14 @@ def test_mirroring_a_face_flips_the_sign_of_yaw_and_roll(pipeline: FacePipeline,
 
 
 def test_filter_levels_are_nested_and_name_the_reasons() -> None:
-    good = dict(confidence=99.0, box_side=200.0, pose=Pose(0, 5, 5), quality=Quality(60, 60))
+    good: dict[str, Any] = dict(confidence=99.0, box_side=200.0, pose=Pose(0, 5, 5), quality=Quality(60, 60))
     for level in QualityFilter:
         assert filter_reasons(level, **good) == []
-    poor = dict(confidence=75.0, box_side=50.0, pose=Pose(0, 50, 5), quality=Quality(60, 60))
+    poor: dict[str, Any] = dict(confidence=75.0, box_side=50.0, pose=Pose(0, 50, 5), quality=Quality(60, 60))
     assert filter_reasons(QualityFilter.LOW, **poor) == []
     assert filter_reasons(QualityFilter.AUTO, **poor) == []
     assert set(filter_reasons(QualityFilter.HIGH, **poor)) == {"EXTREME_POSE", "LOW_CONFIDENCE", "SMALL_BOUNDING_BOX"}
-    bad = dict(confidence=40.0, box_side=10.0, pose=Pose(0, 80, 70), quality=Quality(2, 1))
+    bad: dict[str, Any] = dict(confidence=40.0, box_side=10.0, pose=Pose(0, 80, 70), quality=Quality(2, 1))
     assert set(filter_reasons(QualityFilter.LOW, **bad)) == {
         "EXTREME_POSE", "LOW_BRIGHTNESS", "LOW_SHARPNESS", "LOW_CONFIDENCE", "SMALL_BOUNDING_BOX"}
     assert filter_reasons(QualityFilter.NONE, **bad) == []

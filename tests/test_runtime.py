@@ -19,7 +19,7 @@ def fake_accelerator() -> Iterator[type[Backend]]:
 
     class FakeNpu(Backend):
         name: ClassVar[str] = "fake-npu"
-        precision: ClassVar[str] = "int8"
+        precision = "int8"
 
         def available(self) -> bool:
             return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ def true_fmr(cos: float) -> float:
 
 
 @pytest.fixture(scope="module")
-def fitted() -> tuple[SimilarityCalibration, dict]:
+def fitted() -> tuple[SimilarityCalibration, dict[str, Any]]:
     rng = np.random.default_rng(20251125)
     return fit_calibration(rng.normal(MU, SD, 1_000_000))
 
@@ -101,7 +102,7 @@ def test_norm_isf_inverts_sf() -> None:
     assert _norm_isf(np.array([0.5]))[0] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_fit_recovers_known_fmr(fitted: tuple[SimilarityCalibration, dict]) -> None:
+def test_fit_recovers_known_fmr(fitted: tuple[SimilarityCalibration, dict[str, Any]]) -> None:
     cal, report = fitted
     rows = {s: (c, f) for s, c, f in calibration_table(cal, (60, 70, 80, 90))}
     for s in (60, 70):  # empirical region
@@ -114,7 +115,7 @@ def test_fit_recovers_known_fmr(fitted: tuple[SimilarityCalibration, dict]) -> N
     assert 1 / 10 < true_fmr(c) / f < 10
 
 
-def test_fit_is_a_valid_monotone_curve(fitted: tuple[SimilarityCalibration, dict]) -> None:
+def test_fit_is_a_valid_monotone_curve(fitted: tuple[SimilarityCalibration, dict[str, Any]]) -> None:
     cal, report = fitted
     assert len(cal.cosines) == report["n_knots"] == 36
     assert cal.similarities[0] == 30.0 and cal.similarities[-1] == 100.0

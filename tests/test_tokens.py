@@ -9,6 +9,7 @@ import pytest
 
 from edge.errors import InvalidPaginationTokenException
 from edge.rekognition.tokens import MAX_POSITION_BYTES, TOKEN_MAX_CHARS, TokenSigner
+from edge.server.app import http_status
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 SCOPE = "ListFaces:collection-a"
@@ -90,7 +91,7 @@ def test_only_the_canonical_spelling_is_accepted(signer: TokenSigner) -> None:
 def test_the_error_is_rekognitions(signer: TokenSigner) -> None:
     with pytest.raises(InvalidPaginationTokenException) as caught:
         signer.open(SCOPE, "bogus")
-    assert (caught.value.code, caught.value.status) == ("InvalidPaginationTokenException", 400)
+    assert (caught.value.code, http_status(caught.value)) == ("InvalidPaginationTokenException", 400)
 
 
 def test_a_short_secret_is_refused() -> None:

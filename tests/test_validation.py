@@ -17,6 +17,7 @@ from edge.rekognition.validation import (
     check_image,
     validate_request,
 )
+from edge.server.app import http_status
 
 IMAGE = b"\xff\xd8\xff\xe0 not really a JPEG, which is the pipeline's business"
 B64 = base64.b64encode(IMAGE).decode()
@@ -188,7 +189,7 @@ def test_null_is_absent_and_defaults_are_not_filled() -> None:
 def test_constraint_violations_read_as_aws_words_them(overrides: dict[str, Any], message: str) -> None:
     error = refused("SearchFacesByImage", search(**overrides))
     assert isinstance(error, ValidationException)
-    assert (error.code, error.status, error.message) == ("ValidationException", 400, message)
+    assert (error.code, http_status(error), error.message) == ("ValidationException", 400, message)
 
 
 def test_every_violation_is_reported_at_once() -> None:

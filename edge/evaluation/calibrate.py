@@ -12,20 +12,48 @@ one that best predicts the deepest, held-out part of the empirical tail wins:
 All are fitted by least squares on the empirical quantile curve at FMR levels spaced evenly in
 log10, so each decade counts equally and no single pair steers the fit.  Only impostor scores are
 used: the curve must hold for people never seen, and genuine pairs say nothing about false matches.
+
+A curve fitted on some people promises too much on others: the fitted cut-off is itself an estimate,
+and the FMR is convex in the cut-off, so on unseen people it is exceeded more often than it is
+undercut, the more so the deeper in the tail.  `cross_validated_calibration` measures that shift by
+fitting on some people and scoring the pairs of the others (folds by person, never by pair), and
+publishes the curve with the measured margin built in.  `out_of_fold_similarity` with
+`cross_validated_calibration` itself as the fit checks the whole procedure on people it never saw.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
+from edge.evaluation.metrics import all_pair_scores
+from edge.rekognition.users import centroid
 from edge.similarity import DEFINITION, SimilarityCalibration, fmr_to_similarity, similarity_to_fmr
 
 TAIL_MODELS = ("gaussian", "gaussian_z", "gpd")
 LEVELS_PER_DECADE = 8
+N_KNOTS = 36
+#: The published procedure: folds of people, repeated with different partitions, from this seed.
+CV_FOLDS, CV_REPEATS, CV_SEED = 10, 20, 0
+#: The margin is measured where the out-of-fold false matches involve at least this many pairs of
+#: people (photos of one pair of people are one event, not many); deeper in the tail it follows
+#: the trend of the deepest measured decade of Similarity.
+MARGIN_MIN_PEOPLE = 5
+#: The check of the whole procedure fits on three fifths of the people and scores the rest.
+CHECK_FOLDS = 5
+#: Users of this many faces get their own map; more faces use the last, whose cut-offs differ from
+#: those of five faces by under a Similarity point, where faces-dev (at most five photos a person)
+#: has too few users of five to fit a tail of their own. Each person with enough photos stands for
+#: at most USER_SUBSETS users of each size.
+USER_FACES = (2, 3, 4)
+USER_SUBSETS = 3
+#: `edge-face calibrate --check` checks the maps of faces and of users of three faces.
+CHECKED_FACES = (1, 3)
 _SQRT2 = math.sqrt(2.0)
 _erfc = np.vectorize(math.erfc, otypes=[np.float64])
 
@@ -166,24 +194,29 @@ def _error(model: TailModel, levels: np.ndarray, cosines: np.ndarray) -> dict[st
 def fit_calibration(
     impostor_cosines: np.ndarray,
     *,
-    n_knots: int = 36,
+    n_knots: int = N_KNOTS,
     tail_fraction: float = 1e-2,
     floor_count: int = 20,
+    margin: np.ndarray | None = None,
 ) -> tuple[SimilarityCalibration, dict[str, Any]]:
     """Knots evenly spaced in Similarity from 30 to 100 (by default every 2 points, so 50...90 are knots).
 
     Empirical quantiles where FMR >= floor_count/N, the better tail model (anchored to the empirical
-    curve at the floor, so the curve is continuous) below it.  Returns the calibration and a report
-    of where the tail starts, the chosen model and its error on the held-out deepest empirical tail.
+    curve at the floor, so the curve is continuous) below it.  `margin` (Similarity points per knot,
+    non-decreasing) puts each knot where the fitted FMR is that much rarer than its nominal one.
+    Returns the calibration and a report of where the tail starts, the chosen model and its error on
+    the held-out deepest empirical tail.
     """
-    x = np.sort(np.asarray(impostor_cosines, dtype=np.float64).ravel())
+    x = np.asarray(impostor_cosines, dtype=np.float64).ravel()
+    if np.any(x[1:] < x[:-1]):  # cross-validation hands over slices of an already sorted array
+        x = np.sort(x)
     x = np.clip(x[np.isfinite(x)], -1.0, 1.0)  # float32 dot products of unit vectors can overshoot 1
     n = len(x)
     f_floor = floor_count / max(n, 1)
     if f_floor > tail_fraction / 10:
         raise ValueError(f"{n} impostor scores: need >= {math.ceil(10 * floor_count / tail_fraction)}")
 
-    def empirical_cosine(fmr: np.ndarray) -> np.ndarray:
+    def empirical_cosine(fmr: float | np.ndarray) -> np.ndarray:
         """Cosine with a fraction `fmr` of impostors at or above it (x[i] has FMR (n - i)/n)."""
         return np.interp(n * (1 - np.asarray(fmr)), np.arange(n), x)
 
@@ -203,8 +236,11 @@ def fit_calibration(
     chosen = min(candidates, key=lambda k: candidates[k]["rms_similarity"])
     model = fit(chosen, all_levels)
 
-    sims = np.linspace(30.0, 100.0, n_knots)
-    fmrs = np.array([similarity_to_fmr(s) for s in sims])
+    sims = knot_similarities(n_knots)
+    shift = np.zeros(n_knots) if margin is None else np.asarray(margin, dtype=np.float64)
+    if shift.shape != sims.shape or np.any(np.diff(shift) < 0) or np.any(shift < 0):
+        raise ValueError(f"margin must be {n_knots} non-negative, non-decreasing Similarity points")
+    fmrs = np.array([similarity_to_fmr(s) for s in sims + shift])
     c_floor = float(empirical_cosine(f_floor))
     tail = fmrs < f_floor
     cos = empirical_cosine(fmrs)
@@ -234,8 +270,227 @@ def fit_calibration(
     return cal, report
 
 
+def knot_similarities(n_knots: int = N_KNOTS) -> np.ndarray:
+    """Where the curve has its knots: evenly spaced from Similarity 30 to 100."""
+    return np.linspace(30.0, 100.0, n_knots)
+
+
 def calibration_table(
     cal: SimilarityCalibration, similarities: tuple[float, ...] = (50, 60, 70, 80, 90)
 ) -> list[tuple[float, float, float]]:
     """(similarity, cosine cut-off, nominal FMR) rows for the README."""
     return [(float(s), cal.min_cosine(s), similarity_to_fmr(s)) for s in similarities]
+
+
+@dataclass(frozen=True)
+class ImpostorPairs:
+    """Different-person comparisons: each cosine with its two people (the unit of a fold), by cosine."""
+
+    cosines: np.ndarray
+    person_a: np.ndarray
+    person_b: np.ndarray
+
+    @classmethod
+    def sorted(cls, cosines: np.ndarray, person_a: np.ndarray, person_b: np.ndarray) -> ImpostorPairs:
+        order = np.argsort(cosines, kind="stable")
+        return cls(np.asarray(cosines, dtype=np.float64)[order], np.asarray(person_a)[order],
+                   np.asarray(person_b)[order])
+
+    @classmethod
+    def from_vectors(cls, vectors: np.ndarray, labels: np.ndarray) -> ImpostorPairs:
+        """Pairs of photos with a face (finite rows); `all_pair_scores` lists them in row-major i<j order."""
+        found = np.isfinite(vectors).all(axis=1)
+        cosines = all_pair_scores(vectors, labels, found)[1]
+        rows, cols = np.triu_indices(int(found.sum()), k=1)
+        lab = np.asarray(labels)[found]
+        different = lab[rows] != lab[cols]
+        return cls.sorted(cosines, lab[rows][different], lab[cols][different])
+
+    @classmethod
+    def users_from_vectors(cls, vectors: np.ndarray, labels: np.ndarray, n_faces: int, *,
+                           subsets: int = USER_SUBSETS, seed: int = 0) -> ImpostorPairs:
+        """Users of `n_faces` photos of one person (up to `subsets` per person, drawn by `seed`), each
+        scored as SearchUsers scores it against every photo of everyone else."""
+        found = np.flatnonzero(np.isfinite(vectors).all(axis=1))
+        labels = np.asarray(labels)
+        rng = np.random.default_rng(seed)
+        centroids, owners = [], []
+        for person in np.unique(labels[found]):
+            combos = list(itertools.combinations(found[labels[found] == person], n_faces))
+            for pick in sorted(rng.permutation(len(combos))[:subsets]):
+                centroids.append(centroid(vectors[list(combos[pick])]))
+                owners.append(person)
+        scores = vectors[found] @ np.array(centroids).T  # (photos, users)
+        probe_person, owner = np.meshgrid(labels[found], np.array(owners), indexing="ij")
+        different = probe_person != owner
+        return cls.sorted(scores[different], probe_person[different], owner[different])
+
+    def select(self, mask: np.ndarray) -> ImpostorPairs:
+        return ImpostorPairs(self.cosines[mask], self.person_a[mask], self.person_b[mask])
+
+    def people(self) -> np.ndarray:
+        return np.union1d(self.person_a, self.person_b)
+
+
+def person_folds(pairs: ImpostorPairs, k: int, seed: int) -> np.ndarray:
+    """Fold of each person (indexed by label; -1 for people without pairs), shuffled by `seed`."""
+    people = pairs.people()
+    folds = np.full(int(people.max()) + 1, -1)
+    folds[people] = np.random.default_rng(seed).permutation(len(people)) % k
+    return folds
+
+
+def held_out_rounds(pairs: ImpostorPairs, folds: np.ndarray, k: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(fit, score) pair masks, leaving two folds of people out at a time.
+
+    A round fits on the pairs of people outside folds a and b and scores the pairs between a and b;
+    the pairs within fold a are scored in the round (a, a+1 mod k).  So every pair is scored exactly
+    once, by a curve fitted on (k-2)/k of the people and on neither of its two.
+    """
+    fa, fb = folds[pairs.person_a], folds[pairs.person_b]
+    for a, b in itertools.combinations(range(k), 2):
+        in_a, in_b = (fa == a) | (fb == a), (fa == b) | (fb == b)
+        score = in_a & in_b
+        if b == (a + 1) % k:
+            score |= (fa == a) & (fb == a)
+        if a == (b + 1) % k:
+            score |= (fa == b) & (fb == b)
+        yield ~(in_a | in_b), score
+
+
+Fit = Callable[[ImpostorPairs], SimilarityCalibration]
+
+
+def fit_plain(pairs: ImpostorPairs) -> SimilarityCalibration:
+    """The curve fitted on the pairs alone, without a margin."""
+    return fit_calibration(pairs.cosines)[0]
+
+
+def out_of_fold_similarity(pairs: ImpostorPairs, fit: Fit, k: int, seed: int) -> np.ndarray:
+    """Every pair's Similarity under a curve fitted (by `fit`) on other people only."""
+    similarity = np.full(len(pairs.cosines), np.nan)
+    for fit_mask, score_mask in held_out_rounds(pairs, person_folds(pairs, k, seed), k):
+        similarity[score_mask] = fit(pairs.select(fit_mask)).similarity(pairs.cosines[score_mask])
+    return similarity
+
+
+@dataclass(frozen=True)
+class Margin:
+    """How many Similarity points each knot must move to keep its FMR on unseen people."""
+
+    points: np.ndarray  # per knot of `knot_similarities()`, non-negative and non-decreasing
+    measured_up_to: float  # deepest knot measured; deeper knots extend its trend
+    out_of_fold_fmr: dict[str, float]  # mean out-of-fold FMR of the plain curve at 60, 70, ...
+
+
+def estimate_margin(pairs: ImpostorPairs, *, k: int = CV_FOLDS, repeats: int = CV_REPEATS, seed: int = CV_SEED,
+                    min_people: int = MARGIN_MIN_PEOPLE, n_knots: int = N_KNOTS, fit: Fit = fit_plain) -> Margin:
+    """Fit on some people, score the others, over `repeats` partitions; for each nominal Similarity t,
+    the margin is how far up the fitted curves' scale one must go for the mean out-of-fold FMR to be
+    at most t's nominal FMR."""
+    grid = np.round(np.arange(30.0, 100.0 + 1e-9, 0.05), 2)
+    exceed, people_pairs = np.zeros(len(grid)), np.zeros(len(grid))
+    pair_id = np.minimum(pairs.person_a, pairs.person_b) * (int(pairs.people().max()) + 1) + np.maximum(
+        pairs.person_a, pairs.person_b)
+    for r in range(repeats):
+        similarity = out_of_fold_similarity(pairs, fit, k, seed + r)
+        order = np.argsort(-similarity, kind="stable")
+        above = np.searchsorted(-similarity[order], -grid, side="right")  # pairs with similarity >= grid
+        first_seen = np.sort(np.unique(pair_id[order], return_index=True)[1])
+        exceed += above
+        people_pairs += np.searchsorted(first_seen, above)  # distinct pairs of people among them
+    fmr, people_pairs = exceed / (repeats * len(pairs.cosines)), people_pairs / repeats
+    knots = knot_similarities(n_knots)
+    nominal = np.array([similarity_to_fmr(t) for t in knots])
+    first_kept = np.minimum(np.searchsorted(-fmr, -nominal, side="left"), len(grid) - 1)  # fmr never rises
+    measured = people_pairs[first_kept] >= min_people
+    last = int(np.flatnonzero(measured)[-1])
+    points = np.zeros(n_knots)
+    points[: last + 1] = grid[first_kept[: last + 1]] - knots[: last + 1]
+    # The shift grows with depth (the fitted cut-off's spread widens and the tail steepens), so the
+    # unmeasured knots continue the least-squares line through the deepest measured decade.
+    decade = measured & (knots >= knots[last] - 10)
+    slope = max(float(np.polyfit(knots[decade], points[decade], 1)[0]), 0.0) if decade.sum() > 1 else 0.0
+    points[last + 1 :] = points[last] + slope * (knots[last + 1 :] - knots[last])
+    points = np.maximum.accumulate(np.maximum(points, 0.0))
+    at = {f"{t:g}": float(fmr[np.searchsorted(grid, t)]) for t in (60.0, 70.0, 80.0, 90.0)}
+    return Margin(np.round(points, 2), float(knots[last]), at)
+
+
+def cross_validated_calibration(pairs: ImpostorPairs, **cv: Any) -> tuple[SimilarityCalibration, dict[str, Any]]:
+    """The published curve: fitted on every pair, with the margin measured by person-disjoint CV."""
+    margin = estimate_margin(pairs, **cv)
+    cal, report = fit_calibration(pairs.cosines, margin=margin.points)
+    report["margin"] = {
+        "similarity": knot_similarities().tolist(), "points": margin.points.tolist(),
+        "measured_up_to": margin.measured_up_to, "beyond": "linear trend of the deepest measured decade",
+        "plain_curve_out_of_fold_fmr": margin.out_of_fold_fmr,
+        "folds": cv.get("k", CV_FOLDS), "repeats": cv.get("repeats", CV_REPEATS), "seed": cv.get("seed", CV_SEED),
+    }
+    return cal, report
+
+
+def fit_cross_validated(pairs: ImpostorPairs) -> SimilarityCalibration:
+    """`cross_validated_calibration` as a `Fit`, for checking the procedure on people it never saw."""
+    return cross_validated_calibration(pairs)[0]
+
+
+def fmr_report(pairs: ImpostorPairs, similarities: list[np.ndarray],
+               levels: tuple[float, ...] = (60.0, 70.0, 80.0, 90.0), *, n_boot: int = 2000,
+               seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Measured FMR at Similarity levels, averaged over partitions (one Similarity per pair each), with
+    two 95% intervals.
+
+    `bootstrap`: people resampled with replacement (pairs of one person are not independent, so this
+    is the honest interval); `clopper_pearson`: exact binomial on the mean count per partition, as if
+    pairs were independent (narrower; it still bounds a level where no false match was seen).
+    """
+    people = pairs.people()
+    size = int(people.max()) + 1
+    flat = pairs.person_a * size + pairs.person_b
+
+    def by_people(weights: np.ndarray) -> np.ndarray:
+        m = np.bincount(flat, weights=weights, minlength=size * size).reshape(size, size)
+        return m + m.T
+
+    draws = np.random.default_rng(seed).multinomial(len(people), np.full(len(people), 1 / len(people)), size=n_boot)
+    weights = np.zeros((n_boot, size))
+    weights[:, people] = draws
+
+    def resampled(matrix: np.ndarray) -> np.ndarray:
+        return np.einsum("bi,ij,bj->b", weights, matrix, weights)
+
+    denominator = resampled(by_people(np.ones(len(flat))))
+    out = {}
+    for level in levels:
+        hits = np.mean([s >= level for s in similarities], axis=0)
+        count, n = float(hits.sum()), len(hits)
+        boot = resampled(by_people(hits)) / denominator
+        out[f"{level:g}"] = {
+            "nominal": similarity_to_fmr(level), "false_matches": count, "pairs": n, "fmr": count / n,
+            "bootstrap": [float(v) for v in np.percentile(boot, [2.5, 97.5])],
+            "clopper_pearson": list(clopper_pearson(round(count), n)),
+        }
+    return out
+
+
+def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Exact binomial interval for k successes in n trials (by bisection: no scipy on the device)."""
+
+    def log_cdf(p: float, upto: int) -> float:
+        """log P(X <= upto) for X ~ Binomial(n, p)."""
+        i = np.arange(upto + 1)
+        log_choose = np.concatenate(([0.0], np.cumsum(np.log(n - i[1:] + 1) - np.log(i[1:]))))
+        return float(np.logaddexp.reduce(log_choose + i * math.log(p) + (n - i) * math.log1p(-p)))
+
+    def solve(target: Callable[[float], bool]) -> float:
+        lo, hi = -40.0, 0.0  # log p
+        for _ in range(100):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if target(math.exp(mid)) else (lo, mid)
+        return math.exp((lo + hi) / 2)
+
+    half = math.log(alpha / 2)
+    lower = 0.0 if k == 0 else solve(lambda p: log_cdf(p, k - 1) > math.log1p(-alpha / 2))  # P(X >= k) < a/2
+    upper = 1.0 if k == n else solve(lambda p: log_cdf(p, k) > half)  # P(X <= k) > a/2: p still too small
+    return lower, upper

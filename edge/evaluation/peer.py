@@ -1,32 +1,28 @@
 """The peer baseline: `face_recognition` (dlib HOG + ResNet-128) used the way Python users use it.
 
-Run `python -m edge.evaluation.peer /path/to/faces-dev` for the side-by-side numbers.  Timing is
-single-threaded by default: the process is pinned to one CPU and OMP/OpenBLAS/MKL threads set to 1
-before dlib loads, so ms/photo compares like for like with our engine on one edge core.
+`edge-face eval --peer` prints its numbers beside edge-face's; `bench/pipeline.py` times it (pinned
+to the same cores as edge-face, so ms/photo compares like for like).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 import types
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from edge.evaluation.calibrate import calibration_table, fit_calibration
-from edge.evaluation.dataset import FaceSet, load_faceset
+from edge.evaluation.dataset import FaceSet
 from edge.evaluation.metrics import all_pair_scores, fmr_at, tar_at_far, ten_fold_accuracy
 
 FACE_RECOGNITION_TOLERANCE = 0.6  # face_recognition.compare_faces default
 FARS = (1e-3, 1e-4)
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 def import_face_recognition() -> types.ModuleType:
@@ -40,26 +36,6 @@ def import_face_recognition() -> types.ModuleType:
         import face_recognition
 
     return face_recognition
-
-
-def limit_threads(n_threads: int) -> None:
-    """Pin this process to `n_threads` CPUs and cap native thread pools; call before dlib is imported."""
-    for var in THREAD_VARS:
-        os.environ[var] = str(n_threads)
-    cpus = sorted(os.sched_getaffinity(0))[:n_threads]
-    for tid in os.listdir("/proc/self/task"):  # threads already started (numpy's BLAS pool) too
-        os.sched_setaffinity(int(tid), cpus)
-
-
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo, for reports."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def embed_with_face_recognition(
@@ -107,7 +83,6 @@ def embed_with_face_recognition(
         "no_face": len(no_face),
         "no_face_paths": no_face,
         "cpus": len(os.sched_getaffinity(0)),
-        "cpu": cpu_model(),
     }
     return emb, timings
 
@@ -156,7 +131,8 @@ def evaluate_peer(
         "pairs": {"n": len(faceset.same), "with_missing_face": int((~pair_ok).sum())},
         "all_pairs": {},
     }
-    rules = {"euclidean": euclidean_scores, "cosine": cosine_scores}
+    rules: dict[Literal["euclidean", "cosine"], Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+        "euclidean": euclidean_scores, "cosine": cosine_scores}
     for name, rule in rules.items():
         s = np.full(len(faceset.same), -np.inf)
         s[pair_ok] = rule(emb, faceset.pairs[pair_ok])
@@ -198,49 +174,3 @@ def evaluate_peer(
         ],
     }
     return result
-
-
-def _print_summary(r: dict[str, Any]) -> None:
-    """Human-readable digest of evaluate_peer's dict (the JSON follows on stdout)."""
-    t, p, a = r["timings"], r["pairs"], r["all_pairs"]
-    print(f"face_recognition ({r['model']}) on {t['cpus']} CPU(s) of {t['cpu']}", file=sys.stderr)
-    print(
-        f"  ms/photo median: total {t['total_ms']:.1f} = decode {t['decode_ms']:.1f}"
-        f" + detect {t['detect_ms']:.1f} + encode {t['encode_ms']:.1f}",
-        file=sys.stderr,
-    )
-    print(f"  no face: {t['no_face']}/{t['n_photos']} photos, {p['with_missing_face']} pairs", file=sys.stderr)
-    for name in ("euclidean", "cosine"):
-        tars = ", ".join(f"TAR@{k[4:]} {v['tar']:.2%}" for k, v in a[name].items() if k.startswith("far="))
-        acc = p[name]
-        print(
-            f"  {name:9s} 10-fold {acc['ten_fold_accuracy']:.2%} ± {acc['ten_fold_std']:.2%}"
-            f" (faces found: {acc['ten_fold_accuracy_faces_found']:.2%}); {tars}",
-            file=sys.stderr,
-        )
-    print(f"  all pairs: {a['n_genuine']} genuine, {a['n_impostor']} impostor", file=sys.stderr)
-    for row in r["calibration"]["table"]:
-        print(
-            f"  Similarity {row['similarity']:.0f}: cos >= {row['cosine']:.4f}, FMR nominal"
-            f" {row['fmr_nominal']:.0e} empirical {row['fmr_empirical']:.1e}, TAR {row['tar']:.2%}",
-            file=sys.stderr,
-        )
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: evaluate face_recognition on a faces-dev style folder and print JSON."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("root", type=Path, help="folder laid out like faces-dev")
-    ap.add_argument("--threads", type=int, default=1, help="CPUs to pin to while timing (default 1)")
-    ap.add_argument("--model", choices=("small", "large"), default="small")
-    ap.add_argument("--cache", type=Path, default=None, help="reuse/save embeddings in this .npz")
-    args = ap.parse_args(argv)
-    limit_threads(args.threads)
-    result = evaluate_peer(load_faceset(args.root), cache=args.cache, model=args.model)
-    _print_summary(result)
-    json.dump(result, sys.stdout, indent=2, default=float)
-    print()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,63 +1,50 @@
 """The Rekognition face operations as plain Python: a request dict in, a response dict out.
 
-The daemon, the CLI's local mode and the tests all call `Rekognition.call`. Every request is
-validated against Rekognition's own API model first; errors are `edge.errors` exceptions
-carrying Rekognition's codes. A rejected request changes nothing.
+The daemon, the evaluation and the tests all call `Rekognition.call`, which looks the operation
+up in `OPERATIONS` (the one table the server and its authoriser read too), validates the request
+against Rekognition's own API model and maps the store's refusals through `error_map`. Errors are
+`edge.errors` exceptions carrying Rekognition's codes; a rejected request changes nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
-import os
-import secrets
+import time
 import uuid
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from edge import errors
 from edge.config import ServiceSettings
+from edge.rekognition import shapes, users
+from edge.rekognition.error_map import api_error
+from edge.rekognition.images import ImageSource
 from edge.rekognition.tokens import TokenSigner
-from edge.rekognition.validation import validate_request
+from edge.rekognition.validation import idempotency_token, validate_request
 from edge.similarity import SimilarityCalibration
-from edge.store import Store
-from edge.store import errors as store_errors
+from edge.store import Store, StoreError
+from edge.store.access_log import Decision
 from edge.store.models import BoundingBox, FaceRecord, NewFace
-from edge.vision.image import MAX_IMAGE_BYTES, DecodedImage
-from edge.vision.pipeline import Analysis, Face, FacePipeline, FaceSelector, bounding_box, face_detail
+from edge.vision.image import DecodedImage
+from edge.vision.pipeline import Analysis, Face, FacePipeline, FaceSelector
 from edge.vision.quality import QualityFilter, filter_reasons
 
-#: Operations a read-only (kiosk) key may call.
-READ_ONLY_OPERATIONS = frozenset({
-    "DescribeCollection", "ListCollections", "ListFaces", "ListUsers", "SearchFaces", "SearchFacesByImage",
-    "SearchUsers", "SearchUsersByImage", "DetectFaces", "CompareFaces",
-})
-S3_MAX_BYTES = 15 * 1024 * 1024
 MAX_INDEXED_FACES = 100
 MAX_DETECTED_FACES = 100
 MAX_FACES_PER_USER = 100
 DEFAULT_PAGE = 1000
 DEFAULT_SEARCH_MAX_FACES = 80
+#: Collection searches, each logged as a decision (edge.store.access_log).
+SEARCHES = frozenset({"SearchFaces", "SearchFacesByImage", "SearchUsers", "SearchUsersByImage"})
 # ImageId is derived from the image's bytes, so indexing the same image again is recognised.
 _IMAGE_NAMESPACE = uuid.UUID("6f1c3a52-8d0e-4f7b-9a51-2f4a1e0c9b77")
-
-
-def token_secret(state_dir: Path) -> bytes:
-    """The device's pagination-token key: made once, kept with the state, readable only by its owner."""
-    path = state_dir / "token.key"
-    state_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes()
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(secrets.token_bytes(32))
-        fh.flush()
-        os.fsync(fh.fileno())
-    return path.read_bytes()
+#: The same bytes give the same boxes; half an overlap still pairs a face detected with other settings.
+SAME_FACE_IOU = 0.5
 
 
 class Rekognition:
@@ -67,60 +54,56 @@ class Rekognition:
         self.store = store
         self.pipeline = pipeline
         self.settings = settings
+        self._images = ImageSource(settings.buckets)
         self._tokens = TokenSigner(secret)
+        self._secret = secret
         similarity = pipeline.embedder.similarity
         if similarity is None:
-            raise RuntimeError(f"{pipeline.embedder.artifact.name} has no similarity calibration: run `make models`")
+            raise RuntimeError(f"face model {pipeline.face_model_version} has no similarity calibration: "
+                               "run `make models`")
         self.similarity: SimilarityCalibration = similarity
-        self._handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-            name: getattr(self, _snake(name)) for name in (
-                "CreateCollection", "DeleteCollection", "DescribeCollection", "ListCollections",
-                "IndexFaces", "ListFaces", "DeleteFaces", "SearchFaces", "SearchFacesByImage",
-                "DetectFaces", "CompareFaces", "CreateUser", "DeleteUser", "ListUsers", "AssociateFaces",
-                "DisassociateFaces", "SearchUsers", "SearchUsersByImage")
-        }
-
-    @property
-    def operations(self) -> frozenset[str]:
-        return frozenset(self._handlers)
 
     @property
     def face_model_version(self) -> str:
         return self.pipeline.face_model_version
 
-    def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Validate and run one operation; raises `edge.errors.RekognitionError` subclasses."""
-        handler = self._handlers.get(operation)
-        if handler is None:
+    def call(self, operation: str, params: dict[str, Any], *, caller: str | None = None) -> dict[str, Any]:
+        """Validate and run one operation; raises `edge.errors.RekognitionError` subclasses.
+
+        `caller` is the access key that signed the request, for the access log.
+        """
+        entry = OPERATIONS.get(operation)
+        if entry is None:
             raise errors.InvalidParameterException(f"Operation {operation} is not supported by edge-face")
         request = validate_request(operation, params)
+        member = idempotency_token(operation)
+        token = request.pop(member, None) if member else None
         try:
-            return handler(request)
-        except store_errors.CollectionNotFound as exc:
-            raise errors.ResourceNotFoundException(f"The collection id: {exc.collection_id} does not exist") from None
-        except store_errors.UserNotFound as exc:
-            raise errors.ResourceNotFoundException(
-                f"The user id: {exc.user_id} does not exist in collection {exc.collection_id}") from None
-        except store_errors.FaceModelMismatch as exc:
-            raise errors.InvalidParameterException(
-                f"Collection {exc.collection_id} was created with face model {exc.expected[0]}; this device "
-                f"runs {exc.got[0]}: faces of different models never mix") from None
+            if token is None:
+                response = entry.handler(self, request)
+            else:
+                response = self._once(operation, token, request, lambda: entry.handler(self, request))
+        except StoreError as exc:
+            mapped = api_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from None
+        if operation in SEARCHES:
+            self.store.access_log.record(decision(operation, request, response, caller))
+        return response
 
     # collections
 
     def create_collection(self, p: dict[str, Any]) -> dict[str, Any]:
         cid = p["CollectionId"]
         arn = f"aws:rekognition:{self.settings.region}:{self.settings.account_id}:collection/{cid}"
-        try:
-            record = self.store.create_collection(cid, face_model_version=self.face_model_version,
-                                                  dim=self.pipeline.embedder.artifact.embedding_size or 0, arn=arn)
-        except store_errors.CollectionExists:
-            raise errors.ResourceAlreadyExistsException(f"The collection id: {cid} already exists") from None
+        record = self.store.create_collection(cid, face_model_version=self.face_model_version,
+                                              dim=self.pipeline.embedder.dim, arn=arn)
         return {"StatusCode": 200, "CollectionArn": record.arn, "FaceModelVersion": record.face_model_version}
 
     def delete_collection(self, p: dict[str, Any]) -> dict[str, Any]:
         self.store.delete_collection(p["CollectionId"])
-        self.store.checkpoint()  # the erased vectors leave the write-ahead log now, not at the next save
+        self.store.erase()  # its vectors and ids leave every file now, not at the next save
         return {"StatusCode": 200}
 
     def describe_collection(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +116,7 @@ class Rekognition:
     def list_collections(self, p: dict[str, Any]) -> dict[str, Any]:
         # Collection ids can be longer than a token holds, so collections page by position.
         offset = int(self._open_token("ListCollections", p)) if p.get("NextToken") else 0
-        limit = p.get("MaxResults") or DEFAULT_PAGE
+        limit = p.get("MaxResults", DEFAULT_PAGE)  # 0 is allowed by the API model: a page of nothing
         records, _ = self.store.list_collections(limit=offset + limit + 1)
         chunk = records[offset:offset + limit]
         out: dict[str, Any] = {"CollectionIds": [r.collection_id for r in chunk],
@@ -147,6 +130,7 @@ class Rekognition:
     def index_faces(self, p: dict[str, Any]) -> dict[str, Any]:
         cid = p["CollectionId"]
         record = self.store.get_collection(cid)
+        self.store.check_writable(cid)  # before the pipeline runs: a synced collection is enrolled centrally
         all_attributes = "ALL" in p.get("DetectionAttributes", [])
         level = QualityFilter(p.get("QualityFilter", "AUTO"))
         # Faces the quality filter refuses are left out first, then the smallest beyond MaxFaces
@@ -165,18 +149,22 @@ class Rekognition:
                 unindexed.append({"Reasons": reasons, "FaceDetail": self._detail(analysis, face, all_attributes)})
             else:
                 kept.append(face)
+        # Rekognition stores no duplicate metadata for an image indexed again (same bytes and
+        # ExternalImageId): a face stored before keeps its FaceId; any other face is new.
         previous = [f for f in self.store.find_faces_by_image(cid, image_id=image_id)
                     if f.external_image_id == external]
-        if previous:
-            stored = _match_boxes(previous, [bounding_box(analysis.image, f.detection.box) for f in kept])
-        else:
-            stored = self.store.add_faces(cid, [
-                NewFace(vector=f.embedding, image_id=image_id, external_image_id=external,
-                        bounding_box=_box(bounding_box(analysis.image, f.detection.box)), confidence=f.confidence)
-                for f in kept], model_version=record.face_model_version)
+        boxes = [shapes.bounding_box(analysis.image, f.detection.box) for f in kept]
+        matched = _match_boxes(previous, boxes)
+        new = [i for i, found in enumerate(matched) if found is None]
+        added = self.store.add_faces(cid, [
+            NewFace(vector=kept[i].vector(), image_id=image_id, external_image_id=external,
+                    bounding_box=shapes.stored_box(boxes[i]), confidence=kept[i].confidence)
+            for i in new], model_version=record.face_model_version)
+        stored = dict(zip(new, added, strict=True))
         return {
-            "FaceRecords": [{"Face": _face(rec), "FaceDetail": self._detail(analysis, f, all_attributes)}
-                            for rec, f in zip(stored, kept, strict=True)],
+            "FaceRecords": [{"Face": shapes.face(found or stored[i]),
+                             "FaceDetail": self._detail(analysis, f, all_attributes)}
+                            for i, (found, f) in enumerate(zip(matched, kept, strict=True))],
             "FaceModelVersion": record.face_model_version,
             "UnindexedFaces": unindexed,
         }
@@ -187,9 +175,12 @@ class Rekognition:
         face_ids = p.get("FaceIds")
         scope = "ListFaces:" + json.dumps([cid, p.get("UserId"), face_ids])
         after = self._open_token(scope, p) if p.get("NextToken") else None
-        faces, last = self.store.list_faces(cid, after=after, limit=p.get("MaxResults") or DEFAULT_PAGE,
+        limit = p.get("MaxResults", DEFAULT_PAGE)
+        faces, last = self.store.list_faces(cid, after=after, limit=max(limit, 1),
                                             user_id=p.get("UserId"), face_ids=face_ids)
-        out: dict[str, Any] = {"Faces": [_face(f) for f in faces], "FaceModelVersion": record.face_model_version}
+        if limit == 0:  # allowed by the API model: a page of nothing, resuming where it stands
+            faces, last = [], (after or "") if faces else None
+        out: dict[str, Any] = {"Faces": [shapes.face(f) for f in faces], "FaceModelVersion": record.face_model_version}
         if last is not None:
             out["NextToken"] = self._tokens.issue(scope, last)
         return out
@@ -198,10 +189,11 @@ class Rekognition:
         cid = p["CollectionId"]
         result = self.store.delete_faces(cid, p["FaceIds"])
         if result.deleted:
-            self.store.checkpoint()  # no file keeps a deleted vector once DeleteFaces has answered
+            self.store.erase()  # no file keeps a deleted vector once DeleteFaces has answered
         associated = {f.face_id: f.user_id for f in self.store.list_faces(
             cid, face_ids=result.user_associated, limit=len(result.user_associated) or 1)[0]}
-        unsuccessful = [{"FaceId": fid, "Reasons": ["FACE_NOT_FOUND"]} for fid in result.not_found]
+        unsuccessful: list[dict[str, Any]] = [{"FaceId": fid, "Reasons": ["FACE_NOT_FOUND"]}
+                                              for fid in result.not_found]
         unsuccessful += [{"FaceId": fid, "UserId": associated.get(fid), "Reasons": ["ASSOCIATED_TO_AN_EXISTING_USER"]}
                          for fid in result.user_associated]
         return {"DeletedFaces": result.deleted, "UnsuccessfulFaceDeletions": unsuccessful}
@@ -209,7 +201,7 @@ class Rekognition:
     def search_faces(self, p: dict[str, Any]) -> dict[str, Any]:
         cid, face_id = p["CollectionId"], p["FaceId"]
         record = self.store.get_collection(cid)
-        vector = self._face_vector(cid, face_id)
+        vector = self.store.get_face_vector(cid, face_id)
         matches = [m for m in self._search(cid, vector, p.get("MaxFaces", DEFAULT_SEARCH_MAX_FACES) + 1,
                                            p.get("FaceMatchThreshold", 80.0), record.face_model_version)
                    if m["Face"]["FaceId"] != face_id]
@@ -221,11 +213,10 @@ class Rekognition:
         record = self.store.get_collection(cid)
         _, analysis = self._analyse(p["Image"], max_faces=1)
         face = self._largest(analysis, QualityFilter(p.get("QualityFilter", "NONE")))
-        assert face.embedding is not None
         return {
-            "SearchedFaceBoundingBox": bounding_box(analysis.image, face.detection.box),
+            "SearchedFaceBoundingBox": shapes.bounding_box(analysis.image, face.detection.box),
             "SearchedFaceConfidence": face.confidence,
-            "FaceMatches": self._search(cid, face.embedding, p.get("MaxFaces", DEFAULT_SEARCH_MAX_FACES),
+            "FaceMatches": self._search(cid, face.vector(), p.get("MaxFaces", DEFAULT_SEARCH_MAX_FACES),
                                         p.get("FaceMatchThreshold", 80.0), record.face_model_version),
             "FaceModelVersion": record.face_model_version,
         }
@@ -244,33 +235,31 @@ class Rekognition:
         source_face = self._largest(source, level)
         _, target = self._analyse(p["TargetImage"], max_faces=MAX_DETECTED_FACES)
         min_cosine = self.similarity.min_cosine(p.get("SimilarityThreshold", 80.0))
-        matches, unmatched = [], []
+        matches: list[dict[str, Any]] = []
+        unmatched: list[dict[str, Any]] = []
         for face in target.faces[:MAX_DETECTED_FACES]:
             if face.embedding is None or self._reasons(level, target.image, face):
                 continue
             compared = self._detail(target, face, False)
-            cosine = float(face.embedding @ source_face.embedding)  # type: ignore[operator]
+            cosine = float(face.vector() @ source_face.vector())
             if cosine >= min_cosine:
                 matches.append({"Similarity": float(self.similarity.similarity(cosine)), "Face": compared})
             else:
                 unmatched.append(compared)
         matches.sort(key=lambda m: -m["Similarity"])
-        return {"SourceImageFace": {"BoundingBox": bounding_box(source.image, source_face.detection.box),
+        return {"SourceImageFace": {"BoundingBox": shapes.bounding_box(source.image, source_face.detection.box),
                                     "Confidence": source_face.confidence},
                 "FaceMatches": matches, "UnmatchedFaces": unmatched}
 
     # users
 
     def create_user(self, p: dict[str, Any]) -> dict[str, Any]:
-        try:
-            self.store.create_user(p["CollectionId"], p["UserId"])
-        except store_errors.UserExists:
-            raise errors.ConflictException(
-                f"A user with the id {p['UserId']} already exists in collection {p['CollectionId']}") from None
+        self.store.create_user(p["CollectionId"], p["UserId"])
         return {}
 
     def delete_user(self, p: dict[str, Any]) -> dict[str, Any]:
         self.store.delete_user(p["CollectionId"], p["UserId"])
+        self.store.erase()  # no file keeps the UserId once DeleteUser has answered
         return {}
 
     def list_users(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -330,7 +319,7 @@ class Rekognition:
             raise errors.InvalidParameterException("Exactly one of UserId and FaceId must be given")
         out: dict[str, Any] = {"FaceModelVersion": record.face_model_version}
         if "FaceId" in p:
-            queries = [self._face_vector(cid, p["FaceId"])]
+            queries = [self.store.get_face_vector(cid, p["FaceId"])]
             exclude = None
             out["SearchedFace"] = {"FaceId": p["FaceId"]}
         else:
@@ -360,9 +349,8 @@ class Rekognition:
             out["UnsearchedFaces"].insert(0, {"FaceDetails": self._detail(analysis, largest, False),
                                               "Reasons": reasons})
             return out
-        assert largest.embedding is not None
         out["SearchedFace"] = {"FaceDetail": self._detail(analysis, largest, False)}
-        out["UserMatches"] = self._search_users(cid, [largest.embedding], p.get("UserMatchThreshold", 80.0),
+        out["UserMatches"] = self._search_users(cid, [largest.vector()], p.get("UserMatchThreshold", 80.0),
                                                 p.get("MaxUsers", 100), record.face_model_version, None)
         return out
 
@@ -371,24 +359,8 @@ class Rekognition:
     def _analyse(self, image: dict[str, Any], *, embed: bool | FaceSelector = True,
                  max_faces: int | None = None) -> tuple[bytes, Analysis]:
         """The request's image bytes (from Bytes or a mapped S3 bucket) and the faces in them."""
-        data, limit = self._image(image)
+        data, limit = self._images.read(image)
         return data, self.pipeline.analyse(data, embed=embed, max_faces=max_faces, max_bytes=limit)
-
-    def _image(self, image: dict[str, Any]) -> tuple[bytes, int]:
-        """The image's bytes and the size limit that applies to them."""
-        if "Bytes" in image:
-            return image["Bytes"], MAX_IMAGE_BYTES
-        s3 = image["S3Object"]
-        missing = errors.InvalidS3ObjectException(
-            "Unable to get object metadata from S3. Check object key, region and/or access permissions.")
-        root = self.settings.buckets.get(s3.get("Bucket", ""))
-        if root is None or "Name" not in s3:
-            raise missing
-        root = root.resolve()
-        path = (root / s3["Name"]).resolve()
-        if not path.is_relative_to(root) or not path.is_file():
-            raise missing
-        return path.read_bytes(), S3_MAX_BYTES
 
     def _largest(self, analysis: Analysis, level: QualityFilter) -> Face:
         """The largest face, as searches use it; none, or one the filter refuses, is the caller's error."""
@@ -408,73 +380,118 @@ class Rekognition:
 
     @staticmethod
     def _detail(analysis: Analysis, face: Face, all_attributes: bool) -> dict[str, Any]:
-        return face_detail(analysis.image, face, all_attributes=all_attributes)
-
-    def _face_vector(self, cid: str, face_id: str) -> np.ndarray:
-        try:
-            return self.store.get_face_vector(cid, face_id)
-        except store_errors.FaceNotFound:
-            raise errors.InvalidParameterException(
-                f"The face id: {face_id} does not exist in collection {cid}") from None
+        return shapes.face_detail(analysis.image, face, all_attributes=all_attributes)
 
     def _search(self, cid: str, vector: np.ndarray, max_faces: int, threshold: float,
                 model_version: str) -> list[dict[str, Any]]:
         """Faces at or above a Similarity threshold, best first, in Rekognition's FaceMatch shape."""
         hits = self.store.search(cid, vector, model_version=model_version, k=max_faces,
                                  min_similarity=self.similarity.min_cosine(threshold))
-        return [{"Similarity": float(self.similarity.similarity(hit.similarity)), "Face": _face(hit.face)}
+        return [{"Similarity": float(self.similarity.similarity(hit.similarity)), "Face": shapes.face(hit.face)}
                 for hit in hits]
 
     def _search_users(self, cid: str, queries: Sequence[np.ndarray], threshold: float, max_users: int,
                       model_version: str, exclude: str | None) -> list[dict[str, Any]]:
-        """Users ranked by their best-matching face over all query vectors."""
-        best: dict[str, float] = {}
-        k = max(1, min(4096, self.store.face_count(cid)))
-        min_cosine = self.similarity.min_cosine(threshold)
-        for vector in queries:
-            for hit in self.store.search(cid, vector, model_version=model_version, k=k, min_similarity=min_cosine):
-                user = hit.face.user_id
-                if user is not None and user != exclude:
-                    best[user] = max(best.get(user, -1.0), hit.similarity)
-        ranked = sorted(best.items(), key=lambda item: -item[1])[:max_users]
-        statuses = {u: self.store.get_user(cid, u).status for u, _ in ranked}
-        return [{"Similarity": float(self.similarity.similarity(cos)),
-                 "User": {"UserId": u, "UserStatus": statuses[u]}} for u, cos in ranked]
+        """Users ranked by the best query's Similarity to the centroid of their faces (edge.rekognition.users)."""
+        maps = self.pipeline.embedder.user_similarity
+        if not maps:
+            raise RuntimeError(f"face model {self.pipeline.face_model_version} has no user calibration: "
+                               "run `make models`")
+        ranked = users.search_users(self.store, cid, queries, model_version=model_version, maps=maps,
+                                    threshold=threshold, max_users=max_users,
+                                    max_faces_per_user=MAX_FACES_PER_USER, exclude=exclude)
+        return [{"Similarity": m.similarity,
+                 "User": {"UserId": m.user_id, "UserStatus": self.store.get_user(cid, m.user_id).status}}
+                for m in ranked]
 
     def _open_token(self, scope: str, p: dict[str, Any]) -> str:
         return self._tokens.open(scope, p["NextToken"])
 
+    def _once(self, operation: str, token: str, request: dict[str, Any],
+              run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run an operation with a ClientRequestToken once: a retry with the same token and parameters gets
+        the first answer, other parameters IdempotentParameterMismatchException. Only keyed hashes of the
+        token and the parameters are stored, so no UserId outlives its user in them."""
+        key = self._digest(b"token", token.encode())
+        fingerprint = self._digest(b"request", json.dumps([operation, request], sort_keys=True).encode())
+        answer = self.store.run_once(key, fingerprint, request.get("CollectionId", ""),
+                                     self.settings.request_token_ttl_s, lambda: json.dumps(run()))
+        result: dict[str, Any] = json.loads(answer)
+        return result
 
-def _snake(name: str) -> str:
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
-
-
-def _box(box: dict[str, float]) -> BoundingBox:
-    return BoundingBox(width=box["Width"], height=box["Height"], left=box["Left"], top=box["Top"])
-
-
-def _face(record: FaceRecord) -> dict[str, Any]:
-    """Rekognition's Face shape for a stored face."""
-    box = record.bounding_box
-    face: dict[str, Any] = {
-        "FaceId": record.face_id,
-        "BoundingBox": {"Width": box.width, "Height": box.height, "Left": box.left, "Top": box.top},
-        "ImageId": record.image_id,
-        "Confidence": record.confidence,
-        "IndexFacesModelVersion": record.index_faces_model_version,
-    }
-    if record.external_image_id is not None:
-        face["ExternalImageId"] = record.external_image_id
-    if record.user_id is not None:
-        face["UserId"] = record.user_id
-    return face
+    def _digest(self, label: bytes, message: bytes) -> str:
+        return hmac.new(self._secret, b"edge-face ClientRequestToken v1\0" + label + b"\0" + message,
+                        hashlib.sha256).hexdigest()
 
 
-def _match_boxes(stored: list[FaceRecord], boxes: list[dict[str, float]]) -> list[FaceRecord]:
-    """Pair faces indexed earlier from the same image with this analysis' faces, by box position."""
-    out = []
-    for box in boxes:
-        centre = (box["Left"] + box["Width"] / 2, box["Top"] + box["Height"] / 2)
-        out.append(min(stored, key=lambda f: (f.bounding_box.left + f.bounding_box.width / 2 - centre[0]) ** 2
-                       + (f.bounding_box.top + f.bounding_box.height / 2 - centre[1]) ** 2))
+@dataclass(frozen=True)
+class Operation:
+    """One Rekognition operation: its handler, whether a read-only key may call it, whether it runs
+    the face pipeline (the server gives those the bounded inference pool)."""
+
+    name: str
+    handler: Callable[[Rekognition, dict[str, Any]], dict[str, Any]]
+    read_only: bool
+    takes_image: bool
+
+
+OPERATIONS: dict[str, Operation] = {op.name: op for op in (
+    Operation("CreateCollection", Rekognition.create_collection, read_only=False, takes_image=False),
+    Operation("DeleteCollection", Rekognition.delete_collection, read_only=False, takes_image=False),
+    Operation("DescribeCollection", Rekognition.describe_collection, read_only=True, takes_image=False),
+    Operation("ListCollections", Rekognition.list_collections, read_only=True, takes_image=False),
+    Operation("IndexFaces", Rekognition.index_faces, read_only=False, takes_image=True),
+    Operation("ListFaces", Rekognition.list_faces, read_only=True, takes_image=False),
+    Operation("DeleteFaces", Rekognition.delete_faces, read_only=False, takes_image=False),
+    Operation("SearchFaces", Rekognition.search_faces, read_only=True, takes_image=False),
+    Operation("SearchFacesByImage", Rekognition.search_faces_by_image, read_only=True, takes_image=True),
+    Operation("DetectFaces", Rekognition.detect_faces, read_only=True, takes_image=True),
+    Operation("CompareFaces", Rekognition.compare_faces, read_only=True, takes_image=True),
+    Operation("CreateUser", Rekognition.create_user, read_only=False, takes_image=False),
+    Operation("DeleteUser", Rekognition.delete_user, read_only=False, takes_image=False),
+    Operation("ListUsers", Rekognition.list_users, read_only=True, takes_image=False),
+    Operation("AssociateFaces", Rekognition.associate_faces, read_only=False, takes_image=False),
+    Operation("DisassociateFaces", Rekognition.disassociate_faces, read_only=False, takes_image=False),
+    Operation("SearchUsers", Rekognition.search_users, read_only=True, takes_image=False),
+    Operation("SearchUsersByImage", Rekognition.search_users_by_image, read_only=True, takes_image=True),
+)}
+
+
+def decision(operation: str, request: dict[str, Any], response: dict[str, Any], caller: str | None) -> Decision:
+    """What a search decided: its best match at or above the threshold, or nobody."""
+    faces = operation.startswith("SearchFaces")
+    threshold = request.get("FaceMatchThreshold" if faces else "UserMatchThreshold", 80.0)
+    matches = response["FaceMatches" if faces else "UserMatches"]
+    best: dict[str, Any] = matches[0]["Face" if faces else "User"] if matches else {}
+    return Decision(at=time.time(), operation=operation, key_id=caller, collection_id=request["CollectionId"],
+                    face_id=best.get("FaceId"), user_id=best.get("UserId"),
+                    external_image_id=best.get("ExternalImageId"),
+                    similarity=matches[0]["Similarity"] if matches else None, threshold=threshold)
+
+
+def _match_boxes(stored: list[FaceRecord], boxes: list[dict[str, float]]) -> list[FaceRecord | None]:
+    """Pair this analysis' faces with the faces stored earlier from the same image, one to one.
+
+    Pairs are taken best overlap first; a face that overlaps no unpaired stored face by
+    `SAME_FACE_IOU` was not stored before (None), so one FaceId never stands for two faces.
+    """
+    pairs = sorted(((_iou(box, record.bounding_box), i, j) for i, box in enumerate(boxes)
+                    for j, record in enumerate(stored)), reverse=True)
+    out: list[FaceRecord | None] = [None] * len(boxes)
+    taken: set[int] = set()
+    for iou, i, j in pairs:
+        if iou < SAME_FACE_IOU:
+            break
+        if out[i] is None and j not in taken:
+            out[i] = stored[j]
+            taken.add(j)
     return out
+
+
+def _iou(box: dict[str, float], other: BoundingBox) -> float:
+    """Intersection over union of two boxes in image ratios."""
+    width = min(box["Left"] + box["Width"], other.left + other.width) - max(box["Left"], other.left)
+    height = min(box["Top"] + box["Height"], other.top + other.height) - max(box["Top"], other.top)
+    inter = max(0.0, width) * max(0.0, height)
+    union = box["Width"] * box["Height"] + other.width * other.height - inter
+    return inter / union if union > 0 else 0.0

@@ -19,13 +19,24 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from pathlib import Path
 
 from edge.errors import InvalidPaginationTokenException
+from edge.files import private_secret
 
 TOKEN_MAX_CHARS = 255  # PaginationToken's max length in Rekognition's model
 _MAC_BYTES = 16  # 128 bits: half of SHA-256, the truncation RFC 2104 recommends as the floor
 MAX_POSITION_BYTES = TOKEN_MAX_CHARS * 3 // 4 - _MAC_BYTES
 _LABEL = b"edge-face NextToken v1\0"  # keeps these MACs apart from any other use of the secret
+TOKEN_KEY_FILE = "token.key"
+
+
+def token_secret(state_dir: Path) -> bytes:
+    """The device's token key: made once, kept with the state, readable only by its owner.
+
+    Kept across restarts so that a listing can be resumed after one.
+    """
+    return private_secret(state_dir / TOKEN_KEY_FILE)
 
 
 class TokenSigner:

@@ -64,7 +64,10 @@ def validate_request(operation: str, params: dict[str, Any]) -> dict[str, Any]:
     `InvalidParameterException` for an Image without exactly one source.
     """
     walker = _Walker()
-    result = walker.walk(params, _service_model().operation_model(operation).input_shape, "")
+    shape = _service_model().operation_model(operation).input_shape
+    if shape is None:
+        raise ValueError(f"{operation} takes no input in Rekognition's model")
+    result = walker.walk(params, shape, "")
     if walker.violations:
         count = len(walker.violations)
         noun = "error" if count == 1 else "errors"
@@ -73,6 +76,14 @@ def validate_request(operation: str, params: dict[str, Any]) -> dict[str, Any]:
     for image in walker.images:
         check_image(image)
     return result
+
+
+@cache
+def idempotency_token(operation: str) -> str | None:
+    """The member that carries `operation`'s idempotency token (ClientRequestToken), if it has one."""
+    shape = _service_model().operation_model(operation).input_shape
+    members = shape.members.items() if shape is not None else ()
+    return next((name for name, member in members if member.metadata.get("idempotencyToken")), None)
 
 
 def check_image(image: dict[str, Any]) -> None:
@@ -95,6 +106,7 @@ class _Walker:
         self.images: list[dict[str, Any]] = []
 
     def walk(self, value: Any, shape: Shape, path: str) -> Any:
+        result: Any
         if isinstance(shape, StructureShape):
             return self._structure(value, shape, path)
         if isinstance(shape, ListShape):

@@ -14,20 +14,23 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import re
+import socket
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from botocore.auth import SIGV4_TIMESTAMP, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from edge import errors
-from edge.rekognition.operations import READ_ONLY_OPERATIONS
-from edge.server.credentials import AccessKey, Scope
-from edge.server.settings import ServerSettings
+from edge.config import ServerSettings
+from edge.server.credentials import AccessKey
 
 SERVICE = "rekognition"
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -65,24 +68,48 @@ class HttpRequest:
         return found[0] if found else None
 
 
+#: Operations that read no collection's data, so a key limited to some collections may still call them.
+WITHOUT_COLLECTION = frozenset({"DetectFaces", "CompareFaces"})
+
+
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a key's id and scope, or None for an unsigned loopback client (admin)."""
+    """Who is calling: a key's id and what it may do (None: anything), or None for an unsigned loopback
+    client (admin)."""
 
     access_key_id: str | None
-    scope: Scope
+    operations: frozenset[str] | None = None
+    collections: frozenset[str] | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.operations is None and self.collections is None
 
     def authorize(self, operation: str) -> None:
-        """Refuse what the scope does not allow, before anything is read or changed."""
-        if self.scope != "admin" and operation not in READ_ONLY_OPERATIONS:
+        """Refuse an operation outside the key's scope, before the body is even parsed."""
+        if self.operations is not None and operation not in self.operations:
+            raise errors.AccessDeniedException(
+                f"User: {self.access_key_id} is not authorized to perform: rekognition:{operation}")
+
+    def authorize_collection(self, operation: str, collection_id: object) -> None:
+        """Refuse a collection outside the key's scope, before anything is read or changed.
+
+        `collection_id` is the request's CollectionId as sent (not yet validated): anything but one of
+        the key's collections is refused for a key limited to some.
+        """
+        if self.collections is None or operation in WITHOUT_COLLECTION:
+            return
+        if collection_id not in self.collections:
+            resource = f"collection/{collection_id}" if isinstance(collection_id, str) else "collection/*"
             raise errors.AccessDeniedException(
                 f"User: {self.access_key_id} is not authorized to perform: rekognition:{operation} "
-                f"with a {self.scope} key")
+                f"on resource: {resource}")
 
 
 @dataclass(frozen=True)
 class Claim:
-    """A request whose header checks passed; `verify` checks its signature over the body."""
+    """A request whose header checks passed; `verify` checks its signature over the body, and its date
+    again: a body trickled in for minutes must not carry a signature past its lifetime."""
 
     request: HttpRequest
     key: AccessKey | None
@@ -90,10 +117,13 @@ class Claim:
     region: str = ""
     signed_headers: tuple[str, ...] = ()
     signature: str = ""
+    authenticator: Authenticator | None = None
 
     def verify(self, body: bytes) -> Principal:
         if self.key is None:
-            return Principal(None, "admin")
+            return Principal(None)
+        if self.authenticator is not None:
+            self.authenticator.check_date(self.timestamp, self.timestamp[:8])
         declared = self.request.header("x-amz-content-sha256")
         if "x-amz-content-sha256" in self.signed_headers and declared != hashlib.sha256(body).hexdigest():
             # Also refuses UNSIGNED-PAYLOAD: the body is always part of what is signed.
@@ -113,20 +143,27 @@ class Claim:
                                     aws_request)
         if not hmac.compare_digest(expected.encode(), self.signature.encode()):
             raise errors.InvalidSignatureException(SIGNATURE_MISMATCH)
-        return Principal(self.key.access_key_id, self.key.scope)
+        return Principal(self.key.access_key_id, self.key.operations, self.key.collections)
+
+
+class Keys(Protocol):
+    """The live keys by access key id (a `KeyStore`, which follows its file, or a plain dict)."""
+
+    def get(self, access_key_id: str, /) -> AccessKey | None: ...
 
 
 class Authenticator:
     """Checks requests against the daemon's keys; `clock` is injectable so expiry can be tested."""
 
-    def __init__(self, keys: Mapping[str, AccessKey], settings: ServerSettings,
+    def __init__(self, keys: Keys, settings: ServerSettings,
                  clock: Callable[[], float] = time.time) -> None:
         self._keys = keys
         self._settings = settings
         self._clock = clock
 
-    def begin(self, request: HttpRequest) -> Claim:
-        """Every check that needs no body: header syntax, known key, token, date, scope, signed headers."""
+    def begin(self, request: HttpRequest, required: tuple[str, ...] = REQUIRED_SIGNED) -> Claim:
+        """Every check that needs no body: header syntax, known key, token, date, scope, signed headers
+        (`required`: a GET of the metrics has no target to sign)."""
         authorization = request.header("authorization")
         if authorization is None:
             if self._settings.allow_unsigned and is_loopback(request.client_host):
@@ -149,21 +186,20 @@ class Authenticator:
         token = request.header("x-amz-security-token")
         if key is None or (token is not None and not self._settings.allow_session_tokens):
             raise errors.UnrecognizedClientException(INVALID_TOKEN)
-        self._check_date(timestamp, date)
+        self.check_date(timestamp, date)
         if service != SERVICE:
             raise errors.InvalidSignatureException(f"Credential should be scoped to correct service: '{SERVICE}'.")
         if terminator != "aws4_request" or not region:
             raise errors.IncompleteSignatureException(
                 f"Credential should be scoped with a valid terminator: 'aws4_request', not '{terminator}'.")
         signed = tuple(fields["SignedHeaders"].lower().split(";"))
-        required = REQUIRED_SIGNED + (("x-amz-security-token",) if token is not None else ())
-        for name in required:
+        for name in required + (("x-amz-security-token",) if token is not None else ()):
             if name not in signed:
                 raise errors.IncompleteSignatureException(
                     f"'{name}' must be a 'SignedHeader' in the AWS Authorization.")
-        return Claim(request, key, timestamp, region, signed, fields["Signature"])
+        return Claim(request, key, timestamp, region, signed, fields["Signature"], self)
 
-    def _check_date(self, timestamp: str, scope_date: str) -> None:
+    def check_date(self, timestamp: str, scope_date: str) -> None:
         """X-Amz-Date must parse, match the credential scope and lie within the allowed clock skew."""
         try:
             if len(timestamp) != len("20240101T000000Z"):
@@ -197,6 +233,68 @@ class _ClientChosenHeaders(SigV4Auth):
 
 def _stamp(moment: datetime) -> str:
     return moment.strftime(SIGV4_TIMESTAMP)
+
+
+def key_id(request: HttpRequest) -> str:
+    """The access key id a request claims, for the log of failed logins ("-" if none, "?" if malformed)."""
+    authorization = request.header("authorization")
+    if authorization is None:
+        return "-"
+    found = re.search(r"Credential=([A-Za-z0-9]{1,128})/", authorization)
+    return found.group(1) if found else "?"
+
+
+class HostCheck:
+    """The Host names a request may be signed for: a signature made for AWS itself or for another device
+    must not be replayable here. By default the device's own names: the address the client connected to,
+    the listen address, the host name (with `.local`, mDNS), its FQDN, `localhost` on loopback, and the
+    names and addresses in the TLS certificate; `server.allowed_hosts` replaces them."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self._configured = settings.allowed_hosts is not None
+        names = set(settings.allowed_hosts or ())
+        if not self._configured:
+            hostname = socket.gethostname()
+            names |= {settings.host, hostname, f"{hostname}.local", socket.getfqdn()}
+            names |= certificate_names(settings.tls_cert) if settings.tls_cert else set()
+        self._names = {_normal(name) for name in names if name}
+
+    def allows(self, host_header: str | None, local_address: str | None) -> bool:
+        if host_header is None:
+            return False
+        host = _normal(_strip_port(host_header))
+        if host in self._names:
+            return True
+        if self._configured:
+            return False
+        return host == _normal(local_address or "") or (host == "localhost" and is_loopback(local_address))
+
+
+def certificate_names(path: Path) -> set[str]:
+    """The DNS names and IP addresses a PEM certificate is valid for (subjectAltName, else its CN)."""
+    try:
+        decoded = ssl._ssl._test_decode_cert(str(path))  # type: ignore[attr-defined]
+    except (OSError, ssl.SSLError):
+        return set()
+    names = {value for kind, value in decoded.get("subjectAltName", ()) if kind in ("DNS", "IP Address")}
+    if not names:
+        names = {value for rdn in decoded.get("subject", ()) for key, value in rdn if key == "commonName"}
+    return names
+
+
+def _strip_port(host: str) -> str:
+    if host.startswith("["):  # [::1]:8080
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def _normal(host: str) -> str:
+    """Lower case without a trailing dot; IP addresses in their canonical spelling."""
+    host = host.strip().lower().rstrip(".")
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host
 
 
 def is_loopback(host: str | None) -> bool:

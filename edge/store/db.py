@@ -6,6 +6,7 @@ power loss, not only kill -9; secure_delete=ON overwrites deleted rows (face vec
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -13,15 +14,16 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
-from edge.store.errors import StoreError
+from edge.files import FILE_MODE
+from edge.store.errors import CheckpointBlocked, StoreError, storage_error
 from edge.store.index import Labels
-from edge.store.models import BoundingBox, CollectionRecord, FaceRecord, NewFace, UserRecord, Vector
+from edge.store.models import BoundingBox, CollectionRecord, FaceRecord, NewFace, SyncState, UserRecord, Vector
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 FETCH_CHUNK = 50_000
 
@@ -36,6 +38,23 @@ ChangeKind = Literal[
     "face_disassociated",
 ]
 FACE_CHANGES: tuple[ChangeKind, ChangeKind] = ("face_added", "face_deleted")
+#: object_id of a change whose subject was erased (a deleted user is named nowhere any more).
+ERASED = ""
+
+# Version 2: answers of idempotent calls by ClientRequestToken. key and fingerprint are keyed hashes
+# of the token and of the parameters; the answer is kept as given and forgotten, with the rest, when a
+# user it names or its collection is deleted.
+# meta holds scrubbed_seq: the change up to which deletions have been scrubbed from the files (VACUUM).
+_REQUESTS = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE requests (
+    key TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    collection_id TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
 
 _SCHEMA = f"""
 CREATE TABLE collections (
@@ -79,7 +98,8 @@ CREATE TABLE users (
 ) WITHOUT ROWID;
 
 -- label: for face changes, so a deletion can be replayed into an index after its row is gone.
--- user_id: for (dis)association changes.
+-- user_id: for (dis)association changes. Rows naming a user go when the user does (object_id of the
+-- user_deleted row is empty); a deleted collection leaves only its collection_deleted row.
 CREATE TABLE changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     collection_id TEXT NOT NULL,
@@ -90,9 +110,25 @@ CREATE TABLE changes (
     at REAL NOT NULL
 );
 CREATE INDEX changes_by_collection ON changes (collection_id, seq);
-
+{_REQUESTS}
 PRAGMA user_version = {SCHEMA_VERSION};
 """
+
+# Collections this device follows from a central (edge/sync). Created where missing, so a state
+# directory from before fleet sync opens unchanged.
+_SYNC_SCHEMA = """
+CREATE TABLE IF NOT EXISTS synced_collections (
+    collection_id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    source_uid TEXT NOT NULL,
+    applied_seq INTEGER NOT NULL,
+    valid_until REAL NOT NULL,
+    synced_at REAL NOT NULL,
+    head_seq INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+#: Face ids per IN (...) query: SQLite allows 32766 variables; fewer keep each statement small.
+ID_CHUNK = 500
 
 _FACE_COLUMNS = (
     "label, face_id, collection_id, image_id, external_image_id, bbox_width, bbox_height, bbox_left,"
@@ -100,6 +136,7 @@ _FACE_COLUMNS = (
 )
 _COLLECTION_COLUMNS = "collection_id, arn, face_model_version, dim, created_at, uid"
 _USER_COLUMNS = "collection_id, user_id, status, created_at"
+_SYNC_COLUMNS = "collection_id, source, source_uid, applied_seq, valid_until, synced_at, head_seq"
 
 T = TypeVar("T")
 
@@ -132,10 +169,31 @@ def _face(row: tuple[Any, ...]) -> tuple[int, FaceRecord]:
     )
 
 
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchmany(self, size: int = ...) -> list[Any]: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """What the queries need of a connection: sqlite3's, or the PostgreSQL adapter in `edge.store.pg`."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> object: ...
+
+
 class Tx:
     """Queries run inside one transaction of one connection (see Database.read / Database.write)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     # collections
@@ -161,7 +219,8 @@ class Tx:
         return [CollectionRecord(*row) for row in rows]
 
     def delete_collection(self, collection_id: str) -> None:
-        for table in ("faces", "users", "collections"):
+        """Delete the collection's rows everywhere, its change log and remembered answers too."""
+        for table in ("faces", "users", "collections", "changes", "requests"):
             self._conn.execute(f"DELETE FROM {table} WHERE collection_id = ?", (collection_id,))
 
     # faces
@@ -192,7 +251,7 @@ class Tx:
             cur = self._conn.execute(
                 "INSERT INTO faces (face_id, collection_id, image_id, external_image_id, bbox_width,"
                 " bbox_height, bbox_left, bbox_top, confidence, index_faces_model_version, vector,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING label",
                 (
                     record.face_id,
                     collection_id,
@@ -208,7 +267,7 @@ class Tx:
                     at,
                 ),
             )
-            inserted.append((int(cur.lastrowid or 0), record))
+            inserted.append((int(cur.fetchone()[0]), record))
         return inserted
 
     def faces_by_ids(self, collection_id: str, face_ids: Sequence[str]) -> dict[str, tuple[int, FaceRecord]]:
@@ -272,7 +331,8 @@ class Tx:
             "SELECT label, vector FROM faces NOT INDEXED WHERE label >= ? AND collection_id = ?",
             (min_label, collection_id),
         )
-        found, blobs = [], []
+        found: list[int] = []
+        blobs: list[bytes] = []
         while chunk := cur.fetchmany(FETCH_CHUNK):
             found.extend(label for label, _ in chunk)
             blobs.extend(blob for _, blob in chunk)
@@ -307,11 +367,19 @@ class Tx:
         return [UserRecord(*row) for row in rows]
 
     def delete_user(self, collection_id: str, user_id: str) -> None:
-        """Delete the user and disassociate its faces (the faces stay, as in Rekognition)."""
+        """Delete the user and disassociate its faces (the faces stay, as in Rekognition); no row names it after."""
         self._conn.execute(
             "UPDATE faces SET user_id = NULL WHERE collection_id = ? AND user_id = ?", (collection_id, user_id)
         )
         self._conn.execute("DELETE FROM users WHERE collection_id = ? AND user_id = ?", (collection_id, user_id))
+        self._conn.execute(
+            "DELETE FROM changes WHERE collection_id = ? AND (user_id = ? OR (kind IN (?, ?) AND object_id = ?))",
+            (collection_id, user_id, "user_created", "user_deleted", user_id),
+        )
+        # An answer that names the user (or merely contains its id) is forgotten: a retry runs afresh.
+        self._conn.execute(
+            "DELETE FROM requests WHERE collection_id = ? AND instr(answer, ?) > 0", (collection_id, user_id)
+        )
 
     def refresh_user_status(self, collection_id: str, user_id: str) -> Literal["CREATED", "ACTIVE"]:
         """ACTIVE while the user has a face, CREATED otherwise."""
@@ -358,6 +426,53 @@ class Tx:
         )
         return [(kind, int(label)) for kind, label in rows]
 
+    def prune_changes(self, collection_id: str, before: float, replayed_to: int) -> int:
+        """Drop the collection's changes older than `before` that recovery no longer needs: face changes up to
+        `replayed_to` (reflected in every index file), except the latest, which dates the index files."""
+        cur = self._conn.execute(
+            "DELETE FROM changes WHERE collection_id = ? AND at < ? AND (kind NOT IN (?, ?) OR (seq <= ? AND seq <"
+            " (SELECT max(seq) FROM changes WHERE collection_id = ? AND kind IN (?, ?))))",
+            (collection_id, before, *FACE_CHANGES, replayed_to, collection_id, *FACE_CHANGES),
+        )
+        return cur.rowcount
+
+    def prune_orphan_changes(self, before: float, live: Sequence[str]) -> int:
+        """Drop changes older than `before` of collections that no longer exist (their tombstones)."""
+        cur = self._conn.execute(
+            f"DELETE FROM changes WHERE at < ? AND collection_id NOT IN ({_marks(live)})", (before, *live)
+        )
+        return cur.rowcount
+
+    # remembered answers
+
+    def recall(self, key: str, now: float) -> tuple[str, str] | None:
+        """(fingerprint, answer) remembered under `key`, unless expired."""
+        row = self._conn.execute(
+            "SELECT fingerprint, answer FROM requests WHERE key = ? AND expires_at > ?", (key, now)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def remember(self, key: str, fingerprint: str, collection_id: str, answer: str, expires_at: float) -> None:
+        self._conn.execute(
+            "INSERT OR REPLACE INTO requests (key, fingerprint, collection_id, answer, expires_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (key, fingerprint, collection_id, answer, expires_at),
+        )
+
+    def prune_requests(self, now: float) -> int:
+        return self._conn.execute("DELETE FROM requests WHERE expires_at <= ?", (now,)).rowcount
+
+    def last_deletion_seq(self) -> int:
+        """Sequence number of the latest deletion of a face, user or collection (0 if none)."""
+        row = self._conn.execute(
+            "SELECT max(seq) FROM changes WHERE kind IN ('face_deleted', 'user_deleted', 'collection_deleted')"
+        ).fetchone()
+        return int(row[0] or 0)
+
+    def scrubbed_seq(self) -> int:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'scrubbed_seq'").fetchone()
+        return int(row[0]) if row else 0
+
     def last_face_seq(self, collection_id: str) -> int:
         """Sequence number of the collection's latest face change (0 if none)."""
         row = self._conn.execute(
@@ -366,26 +481,158 @@ class Tx:
         ).fetchone()
         return int(row[0]) if row else 0
 
+    # fleet sync: the central reads its feed, the device applies it
+
+    def collection_head(self, collection_id: str) -> int:
+        """The collection's latest change sequence (0 if none)."""
+        row = self._conn.execute("SELECT max(seq) FROM changes WHERE collection_id = ?", (collection_id,)).fetchone()
+        return int(row[0] or 0)
+
+    def changes_between(self, collection_id: str, after: int, upto: int) -> list[tuple[ChangeKind, str, str | None]]:
+        """(kind, object id, user id) of the collection's changes in (after, upto], in order."""
+        rows = self._conn.execute(
+            "SELECT kind, object_id, user_id FROM changes WHERE collection_id = ? AND seq > ? AND seq <= ?"
+            " ORDER BY seq",
+            (collection_id, after, upto),
+        )
+        return [(kind, object_id, user_id) for kind, object_id, user_id in rows]
+
+    def faces_with_vectors(
+        self, collection_id: str, face_ids: Sequence[str] | None
+    ) -> tuple[list[FaceRecord], list[bytes]]:
+        """Faces (all of the collection when face_ids is None) with their stored vectors, by face id."""
+        sql = f"SELECT {_FACE_COLUMNS}, vector FROM faces WHERE collection_id = ?"
+        if face_ids is None:
+            chunks: list[tuple[object, ...]] = [(collection_id,)]
+        else:
+            ids = list(face_ids)
+            chunks = [(collection_id, *ids[i : i + ID_CHUNK]) for i in range(0, len(ids), ID_CHUNK)]
+        faces: list[FaceRecord] = []
+        blobs: list[bytes] = []
+        for args in chunks:
+            query = sql if face_ids is None else sql + f" AND face_id IN ({_marks(args[1:])})"
+            for row in self._conn.execute(query + " ORDER BY face_id", args):
+                faces.append(_face(row[:-1])[1])
+                blobs.append(row[-1])
+        return faces, blobs
+
+    def users_by_ids(self, collection_id: str, user_ids: Sequence[str] | None) -> list[UserRecord]:
+        """Users (all of the collection when user_ids is None), by user id."""
+        if user_ids is None:
+            return self.list_users(collection_id, None, -1)
+        ids = list(user_ids)
+        found: list[UserRecord] = []
+        for i in range(0, len(ids), ID_CHUNK):
+            chunk = ids[i : i + ID_CHUNK]
+            rows = self._conn.execute(
+                f"SELECT {_USER_COLUMNS} FROM users WHERE collection_id = ? AND user_id IN ({_marks(chunk)})"
+                " ORDER BY user_id",
+                (collection_id, *chunk),
+            )
+            found.extend(UserRecord(*row) for row in rows)
+        return found
+
+    def face_labels(self, collection_id: str) -> dict[str, int]:
+        """Every face id of the collection and its index label."""
+        rows = self._conn.execute("SELECT face_id, label FROM faces WHERE collection_id = ?", (collection_id,))
+        return dict(rows.fetchall())
+
+    def upsert_faces(self, faces: Sequence[FaceRecord], vectors: Vector) -> list[tuple[int, FaceRecord]]:
+        """Insert faces under their given ids, or update the user of those already here (a face's vector and
+        image never change). Returns (label, record) of the inserted ones."""
+        existing: dict[str, int] = {}
+        by_collection: dict[str, list[str]] = {}
+        for face in faces:
+            by_collection.setdefault(face.collection_id, []).append(face.face_id)
+        for collection_id, ids in by_collection.items():
+            existing.update((fid, label) for fid, (label, _) in self.faces_by_ids_chunked(collection_id, ids).items())
+        inserted = []
+        for face, vector in zip(faces, vectors, strict=True):
+            if face.face_id in existing:
+                self._conn.execute("UPDATE faces SET user_id = ? WHERE label = ?", (face.user_id,
+                                                                                    existing[face.face_id]))
+                continue
+            box = face.bounding_box
+            cur = self._conn.execute(
+                "INSERT INTO faces (face_id, collection_id, image_id, external_image_id, bbox_width,"
+                " bbox_height, bbox_left, bbox_top, confidence, index_faces_model_version, user_id, vector,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING label",
+                (face.face_id, face.collection_id, face.image_id, face.external_image_id, box.width, box.height,
+                 box.left, box.top, face.confidence, face.index_faces_model_version, face.user_id,
+                 np.asarray(vector, dtype="<f4").tobytes(), face.created_at),
+            )
+            inserted.append((int(cur.fetchone()[0]), face))
+        return inserted
+
+    def faces_by_ids_chunked(self, collection_id: str, face_ids: Sequence[str]) -> dict[str, tuple[int, FaceRecord]]:
+        found: dict[str, tuple[int, FaceRecord]] = {}
+        for i in range(0, len(face_ids), ID_CHUNK):
+            found.update(self.faces_by_ids(collection_id, face_ids[i : i + ID_CHUNK]))
+        return found
+
+    def upsert_users(self, users: Sequence[UserRecord]) -> None:
+        self._conn.executemany(
+            f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?) ON CONFLICT (collection_id, user_id)"
+            " DO UPDATE SET status = excluded.status, created_at = excluded.created_at",
+            [(u.collection_id, u.user_id, u.status, u.created_at) for u in users],
+        )
+
+    def user_ids(self, collection_id: str) -> set[str]:
+        rows = self._conn.execute("SELECT user_id FROM users WHERE collection_id = ?", (collection_id,))
+        return {user_id for (user_id,) in rows}
+
+    def get_sync(self, collection_id: str) -> SyncState | None:
+        row = self._conn.execute(
+            f"SELECT {_SYNC_COLUMNS} FROM synced_collections WHERE collection_id = ?", (collection_id,)
+        ).fetchone()
+        return SyncState(*row) if row else None
+
+    def list_sync(self) -> list[SyncState]:
+        return [SyncState(*row) for row in self._conn.execute(f"SELECT {_SYNC_COLUMNS} FROM synced_collections")]
+
+    def put_sync(self, state: SyncState) -> None:
+        self._conn.execute(
+            f"INSERT INTO synced_collections ({_SYNC_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (collection_id) DO UPDATE SET source = excluded.source, source_uid = excluded.source_uid,"
+            " applied_seq = excluded.applied_seq, valid_until = excluded.valid_until, synced_at = excluded.synced_at,"
+            " head_seq = excluded.head_seq",
+            (state.collection_id, state.source, state.source_uid, state.applied_seq, state.valid_until,
+             state.synced_at, state.head_seq),
+        )
+
+    def delete_sync(self, collection_id: str) -> None:
+        self._conn.execute("DELETE FROM synced_collections WHERE collection_id = ?", (collection_id,))
+
 
 class Database:
     """One SQLite connection per thread, so readers never wait on the writer under WAL."""
+
+    shared = False
+    """Only this process writes the file (the store's flock on the state directory sees to it)."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        # SQLite gives its -wal and -shm files the database file's mode: making it 0600 first makes all three
+        # private whatever the umask.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+        os.chmod(path, FILE_MODE)
         conn = self._connection()
-        # Both only take effect before the first table.  8 KiB pages hold three 512-d face rows where
-        # 4 KiB pages hold one (each is ~2.2 KiB), so the file is ~40% smaller.
+        # Both only take effect before the first table.  A 512-d face row is over 2 KiB: 8 KiB pages
+        # hold three where 4 KiB pages hold one, so the file is much smaller.
         conn.execute("PRAGMA page_size = 8192")
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("PRAGMA journal_mode = WAL")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
             conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+        elif version == 1:  # version 1 lacks only the remembered answers
+            conn.executescript(f"BEGIN IMMEDIATE; {_REQUESTS} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
         elif version != SCHEMA_VERSION:
             raise StoreError(f"{path}: schema version {version}, this build knows {SCHEMA_VERSION}")
+        conn.executescript(_SYNC_SCHEMA)
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -404,34 +651,76 @@ class Database:
     @contextmanager
     def _transaction(self, begin: str) -> Iterator[Tx]:
         conn = self._connection()
-        conn.execute(begin)
         try:
-            yield Tx(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute(begin)
+            try:
+                yield Tx(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                # SQLite may already have rolled back (a full disk does that); a COMMIT that failed has not.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            _raise_unwritable(exc)
             raise
-        conn.execute("COMMIT")
 
     def read(self) -> AbstractContextManager[Tx]:
         """A consistent snapshot across several queries."""
         return self._transaction("BEGIN DEFERRED")
 
-    def write(self) -> AbstractContextManager[Tx]:
-        """A write transaction; it is durable once the with-block exits without error."""
+    def write(self, collection_id: str | None = None) -> AbstractContextManager[Tx]:
+        """A write transaction; it is durable once the with-block exits without error.
+
+        SQLite has one writer at a time; `collection_id` matters to the shared engine (edge.store.pg), where
+        it serialises the writers of that collection.
+        """
         return self._transaction("BEGIN IMMEDIATE")
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, *, scrub: bool = False, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         """Return free pages to the file system, then fold the WAL into the database and truncate it,
-        so rows deleted earlier leave no copy in the -wal (secure_delete already zeroed them in place).
+        so rows deleted earlier leave no copy in the -wal.
+
+        secure_delete zeroes a deleted row where it lies, but not the copies a b-tree rebalance left in
+        a page's free space when it moved rows to another page; `scrub` rewrites every page (VACUUM),
+        which leaves none, and records how far that reaches. VACUUM needs room for a second copy: if it
+        fails, the log is still truncated and the failure raised. `CheckpointBlocked` if a reader in
+        another process holds the WAL for longer than `busy_timeout_ms`.
         """
         conn = self._connection()
-        conn.executescript("PRAGMA incremental_vacuum;")  # execute() would free a single page per call
-        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+        try:
+            failure: sqlite3.Error | None = None
+            if scrub:
+                try:
+                    seq = Tx(conn).last_deletion_seq()
+                    conn.executescript("VACUUM;")
+                    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('scrubbed_seq', ?)", (seq,))
+                except sqlite3.Error as exc:
+                    failure = exc
+            if failure is not None or not scrub:
+                # executescript: execute() would free a single page per call.
+                conn.executescript("PRAGMA incremental_vacuum;")
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if failure is not None:
+                raise failure
+        except sqlite3.Error as exc:
+            _raise_unwritable(exc)
+            raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if busy:
-            raise StoreError("WAL checkpoint blocked by a long-running reader")
+            raise CheckpointBlocked("the write-ahead log is held by a reader in another process")
 
     def close(self) -> None:
         with self._connections_lock:
             for conn in self._connections:
                 conn.close()
             self._connections.clear()
+
+
+def _raise_unwritable(exc: sqlite3.Error) -> None:
+    """Raise `StoreUnwritable` from `exc` if it says the storage cannot take writes."""
+    unwritable = storage_error(exc)
+    if unwritable is not None:
+        raise unwritable from exc

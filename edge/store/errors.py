@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+
 
 class StoreError(Exception):
     """Base class: anything the store refuses or cannot do."""
@@ -68,3 +71,68 @@ class IndexInvalid(StoreError):
 
     Internal to recovery: the store catches it and rebuilds the index from SQLite.
     """
+
+
+class CheckpointBlocked(StoreError):
+    """A reader in another process holds the write-ahead log, so it cannot be folded in and truncated yet."""
+
+
+class StoreUnwritable(StoreError):
+    """The store cannot write (the disk is full, read-only or failing): nothing was changed.
+
+    `full` says it is for lack of space, which freeing space cures; otherwise an operator must look.
+    """
+
+    def __init__(self, reason: str, *, full: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.full = full
+
+
+class RequestMismatch(StoreError):
+    """A ClientRequestToken remembered with other parameters."""
+
+
+#: Failures of the file system that a write cannot get past: (reason, whether it is for lack of space).
+_UNWRITABLE_ERRNOS = {errno.ENOSPC: ("the disk is full", True), errno.EDQUOT: ("the disk quota is exhausted", True),
+                      errno.EFBIG: ("a file reached its size limit", True),
+                      errno.EROFS: ("the file system is read-only", False),
+                      errno.EIO: ("the disk reports I/O errors", False)}
+_UNWRITABLE_SQLITE = {sqlite3.SQLITE_FULL: ("the disk is full", True),
+                      sqlite3.SQLITE_READONLY: ("the database is read-only", False),
+                      sqlite3.SQLITE_IOERR: ("the disk reports I/O errors", False)}
+
+
+def storage_error(exc: OSError | sqlite3.Error) -> StoreUnwritable | None:
+    """`StoreUnwritable` for a failure that says the storage cannot take writes, else None."""
+    if isinstance(exc, OSError):
+        found = _UNWRITABLE_ERRNOS.get(exc.errno or 0)
+    else:
+        code = getattr(exc, "sqlite_errorcode", None)
+        found = _UNWRITABLE_SQLITE.get(code & 0xFF) if code is not None else None
+    if found is None:
+        return None
+    reason, full = found
+    return StoreUnwritable(f"{reason} ({exc})", full=full)
+
+
+class CollectionReadOnly(StoreError):
+    """A collection this device follows from a central: it is enrolled there, never changed here."""
+
+    def __init__(self, collection_id: str, source: str) -> None:
+        super().__init__(f"collection {collection_id!r} is synced from {source}: enrol there")
+        self.collection_id = collection_id
+        self.source = source
+
+
+class CollectionStale(StoreError):
+    """A synced collection whose feed metadata expired: it may still hold people deleted at the central."""
+
+    def __init__(self, collection_id: str, valid_until: float) -> None:
+        super().__init__(f"collection {collection_id!r} has not been synced since its feed expired")
+        self.collection_id = collection_id
+        self.valid_until = valid_until
+
+
+class FeedOutOfOrder(StoreError):
+    """A batch that does not start where this device's copy stands: applying it would lose or repeat changes."""

@@ -21,6 +21,8 @@ import hnswlib
 import numpy as np
 import numpy.typing as npt
 
+from edge.config import StoreSettings
+from edge.files import fsync_path, replacing
 from edge.store.errors import IndexInvalid, InvalidVector
 from edge.store.models import CollectionRecord, Vector
 
@@ -122,12 +124,21 @@ class ExactIndex:
         return self._labels[:n].copy(), self._vectors[:n].copy()
 
 
+_DEFAULTS = StoreSettings()
+
+
 @dataclass(frozen=True, slots=True)
 class HnswParams:
-    m: int = 32
-    ef_construction: int = 200
-    ef: int | None = None
+    """The graph's shape and search breadth; the defaults and their meaning live in `StoreSettings`."""
+
+    m: int = _DEFAULTS.hnsw_m
+    ef_construction: int = _DEFAULTS.hnsw_ef_construction
+    ef: int | None = _DEFAULTS.hnsw_ef
     """Search breadth (hnswlib widens it to k when k is larger); None follows `auto_ef`, a number fixes it."""
+
+    @classmethod
+    def from_settings(cls, settings: StoreSettings) -> HnswParams:
+        return cls(m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction, ef=settings.hnsw_ef)
 
 
 EF_MIN = 32
@@ -243,37 +254,78 @@ class HnswIndex:
 
         Both files are first written and fsynced as .tmp, then renamed bin-first: a crash between
         the two renames leaves a .tmp manifest that matches the new bin, and `load` rolls it forward.
+        Nested context managers exit inner first, which is what renames the index file first.
         """
-        directory.mkdir(parents=True, exist_ok=True)
         bin_path, json_path = directory / INDEX_FILE, directory / MANIFEST_FILE
-        bin_tmp, json_tmp = _tmp(bin_path), _tmp(json_path)
-        self._raw.save_index(str(bin_tmp))
-        deleted = _scrub_deleted(bin_tmp, collection.dim, self._params, self.element_count)
-        if deleted != self._deleted:
-            raise IndexInvalid(f"saved file marks {deleted} deleted elements, expected {self._deleted}")
-        _fsync(bin_tmp)
-        manifest = Manifest(
-            format=MANIFEST_FORMAT,
-            collection_id=collection.collection_id,
-            collection_uid=collection.uid,
-            face_model_version=collection.face_model_version,
-            dim=collection.dim,
-            space=SPACE,
-            m=self._params.m,
-            ef_construction=self._params.ef_construction,
-            hnswlib_version=HNSWLIB_VERSION,
-            element_count=self.element_count,
-            deleted_count=deleted,
-            change_seq=change_seq,
-            sha256=_sha256(bin_tmp),
-            saved_at=time.time(),
-        )
-        json_tmp.write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True))
-        _fsync(json_tmp)
-        os.replace(bin_tmp, bin_path)
-        os.replace(json_tmp, json_path)
-        _fsync(directory)
+        # The manifest's temporary is finished (and fsynced) before the index file is renamed, so
+        # a crash between the two renames leaves what `load` needs to roll it forward.
+        with replacing(json_path, tmp=_tmp(json_path)) as json_tmp, replacing(bin_path, tmp=_tmp(bin_path)) as bin_tmp:
+            self._raw.save_index(str(bin_tmp))
+            deleted = _scrub_deleted(bin_tmp, collection.dim, self._params, self.element_count)
+            if deleted != self._deleted:
+                raise IndexInvalid(f"saved file marks {deleted} deleted elements, expected {self._deleted}")
+            manifest = Manifest(
+                format=MANIFEST_FORMAT,
+                collection_id=collection.collection_id,
+                collection_uid=collection.uid,
+                face_model_version=collection.face_model_version,
+                dim=collection.dim,
+                space=SPACE,
+                m=self._params.m,
+                ef_construction=self._params.ef_construction,
+                hnswlib_version=HNSWLIB_VERSION,
+                element_count=self.element_count,
+                deleted_count=deleted,
+                change_seq=change_seq,
+                sha256=_sha256(bin_tmp),
+                saved_at=time.time(),
+            )
+            json_tmp.write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True))
+            fsync_path(json_tmp)
         return manifest
+
+    def raw_bytes(self, directory: Path) -> bytes:
+        """The graph as hnswlib saves it (to ship a built graph over a snapshot's faces)."""
+        path = directory / f".{INDEX_FILE}.{os.getpid()}.ship"
+        try:
+            self._raw.save_index(str(path))
+            return path.read_bytes()
+        finally:
+            path.unlink(missing_ok=True)
+
+    @classmethod
+    def relabelled(cls, data: bytes, dim: int, params: HnswParams, count: int, first_label: int,
+                   directory: Path) -> HnswIndex:
+        """Load a graph built elsewhere over labels 0..count-1 as labels first_label..first_label+count-1.
+
+        The header is checked against this store's dim and parameters (IndexInvalid otherwise); each
+        level-0 record ends with its label, which is shifted in place before hnswlib reads the file.
+        """
+        size, _ = _check_header(data[:_HEADER.size], dim, params, count)
+        if len(data) < _HEADER.size + count * size:
+            raise IndexInvalid("shipped index shorter than its elements")
+        path = directory / f".{INDEX_FILE}.{os.getpid()}.shipped"
+        directory.mkdir(parents=True, exist_ok=True)
+        with replacing(path) as tmp:
+            tmp.write_bytes(data)
+        try:
+            records = np.memmap(path, dtype=np.uint8, mode="r+", offset=_HEADER.size, shape=(count, size))
+            labels = records[:, size - 8 :].view("<u8")
+            if not np.array_equal(np.sort(labels[:, 0]), np.arange(count, dtype=np.uint64)):
+                raise IndexInvalid("shipped index is not labelled by position")
+            labels += np.uint64(first_label)
+            records.flush()
+            del records, labels
+            raw = hnswlib.Index(space=SPACE, dim=dim)
+            try:
+                raw.load_index(str(path), allow_replace_deleted=True)
+            except (RuntimeError, MemoryError) as exc:
+                raise IndexInvalid(f"hnswlib cannot load the shipped index: {exc}") from exc
+            if raw.element_count != count:
+                raise IndexInvalid(f"shipped index holds {raw.element_count} elements, expected {count}")
+            return cls(raw, params, deleted=0)
+        finally:
+            path.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, directory: Path, collection: CollectionRecord, params: HnswParams) -> tuple[HnswIndex, Manifest]:
@@ -288,7 +340,7 @@ class HnswIndex:
             if pending is None or pending.sha256 != digest:
                 raise IndexInvalid("sha256 mismatch: index file corrupt, truncated or replaced")
             os.replace(_tmp(json_path), json_path)
-            _fsync(directory)
+            fsync_path(directory)
             manifest = pending
         expected = {
             "format": MANIFEST_FORMAT,
@@ -363,12 +415,3 @@ def _scrub_deleted(path: Path, dim: int, params: HnswParams, element_count: int)
 def _sha256(path: Path) -> str:
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    """fsync a file or a directory (the latter makes a rename durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

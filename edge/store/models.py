@@ -96,3 +96,77 @@ class Recovery:
 
     kind: Literal["exact", "loaded", "replayed", "rebuilt"]
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncState:
+    """A collection this device follows from a central: read-only here, served until `valid_until`."""
+
+    collection_id: str
+    source: str
+    """Where the collection is enrolled (the central's URL), for the error a local write gets."""
+    source_uid: str
+    """The central collection's uid: a namesake created there after a delete is another collection."""
+    applied_seq: int
+    """The central's change sequence this device's copy reflects (stored with the data it describes)."""
+    valid_until: float
+    """Expiry of the last verified feed metadata: past it, searches are refused (it may hold deleted people)."""
+    synced_at: float
+    head_seq: int = 0
+    """The central's latest sequence when last seen."""
+
+
+@dataclass(frozen=True, slots=True)
+class FeedSlice:
+    """Faces and users of a collection as the central publishes them: upserts with vectors, and tombstones."""
+
+    from_seq: int
+    to_seq: int
+    faces: list[FaceRecord]
+    vectors: Vector
+    users: list[UserRecord]
+    deleted_faces: list[str]
+    deleted_users: list[str]
+    all_users: list[str] | None = None
+    """Every user id of the collection, when a user was deleted in the range: the change log may name a
+    deleted user nowhere (erasure), so a device drops every user not listed."""
+
+
+@dataclass(frozen=True, slots=True)
+class FeedRead:
+    """One consistent read of a collection for the feed: its head, the changes since a point, or all of it."""
+
+    record: CollectionRecord
+    head: int
+    delta: FeedSlice | None
+    export: FeedSlice | None
+
+
+@dataclass(frozen=True, slots=True)
+class FeedUpdate:
+    """A verified batch or snapshot a device applies in one transaction, with the sequence it reaches."""
+
+    collection_id: str
+    source: str
+    source_uid: str
+    arn: str
+    face_model_version: str
+    dim: int
+    snapshot: bool
+    """A snapshot replaces the collection's whole content; a batch must start at the applied sequence."""
+    changes: FeedSlice
+    valid_until: float
+    head_seq: int
+    index: ShippedIndex | None = None
+    """A graph the central built over a snapshot's faces, used when it fits this store (else built here)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShippedIndex:
+    """An hnswlib file built over a snapshot's vectors in bundle order, labelled 0..count-1."""
+
+    data: bytes
+    count: int
+    m: int
+    ef_construction: int
+    hnswlib_version: str

@@ -61,6 +61,13 @@ class Embedder:
         return self.artifact.version
 
     @property
+    def dim(self) -> int:
+        """Length of the embedding; the manifest records it for every embedder."""
+        if self.artifact.embedding_size is None:
+            raise ValueError(f"{self.artifact.name} has no embedding size in the manifest")
+        return self.artifact.embedding_size
+
+    @property
     def size(self) -> int:
         return self.artifact.input_size[0]
 
@@ -70,7 +77,18 @@ class Embedder:
     @property
     def similarity(self) -> SimilarityCalibration | None:
         """The cosine -> Similarity map fitted for this embedder in this flip mode."""
-        return self.artifact.similarity.get("flip" if self.flip_augment else "single")
+        return self.artifact.similarity.get(self._mode)
+
+    @property
+    def user_similarity(self) -> dict[int, SimilarityCalibration]:
+        """Maps for a photo against the centroid of a user's n faces, by n; n = 1 is the face map."""
+        face = self.similarity
+        users = self.artifact.user_similarity.get(self._mode, {})
+        return {1: face, **users} if face is not None and users else {}
+
+    @property
+    def _mode(self) -> str:
+        return "flip" if self.flip_augment else "single"
 
     def embed(self, chip: np.ndarray) -> np.ndarray:
         """The L2-normalised embedding of one aligned chip (RGB uint8).

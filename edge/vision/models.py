@@ -35,6 +35,8 @@ class Artifact:
     embedding_size: int | None
     #: Cosine -> Similarity maps by flip mode ("single", "flip"); empty until calibrated.
     similarity: dict[str, SimilarityCalibration]
+    #: Maps for a photo against the centroid of a user's n faces, by flip mode and n (n >= 2).
+    user_similarity: dict[str, dict[int, SimilarityCalibration]]
     info: dict[str, Any] = field(repr=False, compare=False)
 
 
@@ -71,6 +73,8 @@ class ModelCatalog:
             input_size=(int(size[0]), int(size[1])), embedding_size=entry.get("embedding_size"),
             similarity={mode: SimilarityCalibration.from_dict(similarity[mode])
                         for mode in ("single", "flip") if mode in similarity},
+            user_similarity={mode: {int(n): SimilarityCalibration.from_dict(d) for n, d in maps.items()}
+                             for mode, maps in similarity.get("users", {}).items()},
             info=entry,
         )
 

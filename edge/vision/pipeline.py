@@ -1,7 +1,8 @@
 """The face pipeline: decode, detect, landmarks, align, quality and embed, timed per stage.
 
-The operations layer calls `FacePipeline.analyse`; nothing here knows about collections
-or HTTP. Rekognition's FaceDetail shape is produced by `face_detail`.
+Bytes in, typed faces out: nothing here knows about collections, Rekognition's JSON or HTTP (the
+operations layer shapes the result). The parts are passed in, so a test can run the pipeline with
+small fakes; `FacePipeline.from_settings` loads the real models.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 
 from edge.config import PipelineSettings
+from edge.similarity import SimilarityCalibration
 from edge.vision.detector import Detection, FaceDetector
 from edge.vision.embedder import Embedder, FaceGeometry
 from edge.vision.image import MAX_IMAGE_BYTES, DecodedImage, decode_image
@@ -43,12 +45,15 @@ class Face:
         """Detection confidence on Rekognition's 0-100 scale."""
         return round(100.0 * self.detection.score, 4)
 
+    def vector(self) -> np.ndarray:
+        """The embedding of a face the pipeline was asked to embed."""
+        if self.embedding is None:
+            raise ValueError("this face was not embedded")
+        return self.embedding
+
     def box_side(self, image: DecodedImage) -> float:
         """The box's shorter side in the client's original pixels."""
         return float(min(self.detection.box[2], self.detection.box[3])) * image.scale
-
-    def area(self) -> float:
-        return float(self.detection.box[2] * self.detection.box[3])
 
 
 #: Which faces to embed, given the image and a face with everything but its embedding.
@@ -62,23 +67,66 @@ class Analysis:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-class FacePipeline:
-    """Loads every model once; `analyse` is safe to call from one thread at a time per pipeline."""
+class Detector(Protocol):
+    """Finds faces: boxes, scores and keypoints in working-image pixels, largest first."""
 
-    def __init__(self, settings: PipelineSettings, *,
-                 observe: Callable[[dict[str, float]], None] | None = None) -> None:
-        """`observe` receives every analysis' stage timings in seconds (the daemon's metrics)."""
-        self.settings = settings
+    def detect(self, rgb: np.ndarray) -> list[Detection]: ...
+
+    def close(self) -> None: ...
+
+
+class Landmarker(Protocol):
+    """468 FaceMesh points of one detected face and its face-presence score (0-1)."""
+
+    def landmarks(self, rgb: np.ndarray, det: Detection) -> tuple[np.ndarray, float]: ...
+
+
+class FaceEmbedder(Protocol):
+    """Cuts a face's chip and turns it into a unit vector of one face model."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def similarity(self) -> SimilarityCalibration | None: ...
+
+    @property
+    def user_similarity(self) -> dict[int, SimilarityCalibration]: ...
+
+    def crop(self, rgb: np.ndarray, face: FaceGeometry) -> np.ndarray: ...
+
+    def embed(self, chip: np.ndarray) -> np.ndarray: ...
+
+
+class FacePipeline:
+    """Runs its parts in order; `analyse` is safe to call from one thread at a time per pipeline."""
+
+    def __init__(self, detector: Detector, mesh: Landmarker, embedder: FaceEmbedder, *,
+                 min_face_presence: float, observe: Callable[[dict[str, float]], None] | None = None,
+                 info: dict[str, str] | None = None) -> None:
+        """`observe` receives every analysis' stage timings in seconds (the daemon's metrics); `info` says
+        which models run where, for an operator (`edge-face status`)."""
+        self.info = info or {}
+        self.detector = detector
+        self.mesh = mesh
+        self.embedder = embedder
+        self._min_face_presence = min_face_presence
         self._observe = observe
+
+    @classmethod
+    def from_settings(cls, settings: PipelineSettings, *,
+                      observe: Callable[[dict[str, float]], None] | None = None) -> FacePipeline:
+        """The production pipeline: verified models from the catalog on the preferred backend."""
         catalog = ModelCatalog(settings.model_dir)
         threads = settings.threads or default_threads()
         backend = select_backend(settings.backends)
         cpu = select_backend(["cpu"])
-        detector = catalog.find("detector", f"blazeface_{settings.detector}")
-        self.detector = FaceDetector(catalog.verified_path(detector),
-                                     min_confidence=settings.min_detection_confidence)
-        mesh = catalog.find("landmarks", "face_mesh")
-        self.mesh = FaceMesh(catalog.verified_path(mesh), backend=cpu, threads=threads)
+        detector = FaceDetector(catalog.verified_path(catalog.find("detector", f"blazeface_{settings.detector}")),
+                                min_confidence=settings.min_detection_confidence)
+        mesh = FaceMesh(catalog.verified_path(catalog.find("landmarks", "face_mesh")), backend=cpu, threads=threads)
         precision = backend.precision if settings.precision == "auto" else settings.precision
         try:
             artifact = catalog.find("embedder", settings.embedder, precision)
@@ -89,7 +137,12 @@ class FacePipeline:
             backend = cpu
         flip = settings.flip_augment == "on" or (
             settings.flip_augment == "auto" and not (backend.name == "cpu" and artifact.precision == "fp32"))
-        self.embedder = Embedder(catalog, artifact, backend=backend, threads=threads, flip_augment=flip)
+        embedder = Embedder(catalog, artifact, backend=backend, threads=threads, flip_augment=flip)
+        info = {"embedder": artifact.name, "face_model_version": embedder.version, "precision": artifact.precision,
+                "backend": backend.name, "flip_augment": "on" if flip else "off",
+                "detector": f"blazeface_{settings.detector}", "threads": str(threads)}
+        return cls(detector, mesh, embedder, min_face_presence=settings.min_face_presence, observe=observe,
+                   info=info)
 
     @property
     def face_model_version(self) -> str:
@@ -121,7 +174,7 @@ class FacePipeline:
         for det in detections:
             with stage("landmarks"):
                 mesh, mesh_score = self.mesh.landmarks(image.rgb, det)
-            if mesh_score < self.settings.min_face_presence:
+            if mesh_score < self._min_face_presence:
                 continue
             with stage("align"):
                 chip = self.embedder.crop(image.rgb, FaceGeometry(det.box, mesh))
@@ -138,44 +191,3 @@ class FacePipeline:
 
     def close(self) -> None:
         self.detector.close()
-
-
-# Rekognition landmark name -> FaceMesh indices averaged. "Left"/"Right" follow Rekognition:
-# eyeLeft is the eye on the image's left (the subject's right eye).
-MESH_LANDMARKS: dict[str, tuple[int, ...]] = {
-    "eyeLeft": (33, 133, 159, 145), "eyeRight": (263, 362, 386, 374), "nose": (1,),
-    "mouthLeft": (61,), "mouthRight": (291,),
-    "leftEyeBrowLeft": (70,), "leftEyeBrowRight": (107,), "leftEyeBrowUp": (105,),
-    "rightEyeBrowLeft": (336,), "rightEyeBrowRight": (300,), "rightEyeBrowUp": (334,),
-    "leftEyeLeft": (33,), "leftEyeRight": (133,), "leftEyeUp": (159,), "leftEyeDown": (145,),
-    "rightEyeLeft": (362,), "rightEyeRight": (263,), "rightEyeUp": (386,), "rightEyeDown": (374,),
-    "noseLeft": (129,), "noseRight": (358,), "mouthUp": (0,), "mouthDown": (17,),
-    "leftPupil": (33, 133, 159, 145), "rightPupil": (263, 362, 386, 374),
-    "upperJawlineLeft": (234,), "midJawlineLeft": (172,), "chinBottom": (152,),
-    "midJawlineRight": (397,), "upperJawlineRight": (454,),
-}
-DEFAULT_LANDMARKS = ("eyeLeft", "eyeRight", "mouthLeft", "mouthRight", "nose")
-
-
-def bounding_box(image: DecodedImage, box: np.ndarray) -> dict[str, float]:
-    """A working-pixel box as Rekognition's ratios of the original image."""
-    w, h = image.rgb.shape[1], image.rgb.shape[0]
-    return {"Width": float(box[2]) / w, "Height": float(box[3]) / h,
-            "Left": float(box[0]) / w, "Top": float(box[1]) / h}
-
-
-def face_detail(image: DecodedImage, face: Face, *, all_attributes: bool = False) -> dict[str, Any]:
-    """Rekognition's FaceDetail for DEFAULT (or ALL, as far as edge-face measures) attributes."""
-    w, h = image.rgb.shape[1], image.rgb.shape[0]
-    names = MESH_LANDMARKS if all_attributes else DEFAULT_LANDMARKS
-    landmarks = []
-    for name in names:
-        x, y = face.mesh[list(MESH_LANDMARKS[name]), :2].mean(axis=0)
-        landmarks.append({"Type": name, "X": float(x) / w, "Y": float(y) / h})
-    return {
-        "BoundingBox": bounding_box(image, face.detection.box),
-        "Landmarks": landmarks,
-        "Pose": {"Roll": face.pose.roll, "Yaw": face.pose.yaw, "Pitch": face.pose.pitch},
-        "Quality": {"Brightness": face.quality.brightness, "Sharpness": face.quality.sharpness},
-        "Confidence": face.confidence,
-    }

@@ -15,22 +15,16 @@ import threading
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 try:
     from ai_edge_litert.interpreter import Interpreter, load_delegate
 except ImportError:  # pragma: no cover - exercised only where LiteRT is the older wheel
-    from tflite_runtime.interpreter import Interpreter, load_delegate  # type: ignore[no-redef]
+    from tflite_runtime.interpreter import Interpreter, load_delegate
 
 import numpy as np
 
 log = logging.getLogger(__name__)
-
-
-class ModelSession(Protocol):
-    """What the pipeline needs from a loaded model: run one input, get the outputs."""
-
-    def run(self, inputs: np.ndarray) -> list[np.ndarray]: ...
 
 
 class LiteRTSession:
@@ -69,7 +63,7 @@ class Backend:
 
     name: ClassVar[str]
     #: The model precision this hardware gains from (int8 for int8-only accelerators).
-    precision: ClassVar[str]
+    precision: str
     delegate_library: ClassVar[str | None] = None
 
     def available(self) -> bool:
@@ -84,9 +78,9 @@ class CpuBackend(Backend):
     """XNNPACK on the CPU.
 
     On AVX2 int8 runs no faster than fp32, so fp32 (the most accurate) is the default; cores
-    with int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, Arm's dotprod) run int8
-    dynamic-range int8 (int8 weights, activations quantised on the fly) about 2.5 times
-    faster, with its verification accuracy within 0.3 points of fp32 (README).
+    with int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, Arm's dotprod) run
+    dynamic-range int8 (int8 weights, activations quantised on the fly) several times faster
+    at nearly the same accuracy (the README has the measurements).
     """
 
     name = "cpu"

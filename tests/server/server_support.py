@@ -12,7 +12,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from edge.server.credentials import CREDENTIALS_FILE, KEYS_FILE, AccessKey
+from edge.server.credentials import CREDENTIALS_FILE, AccessKey, KeyStore
 
 REPO = Path(__file__).resolve().parents[2]
 AWS = Path(sys.executable).parent / "aws"
@@ -76,8 +76,7 @@ class Daemon:
         return self.state_dir / CREDENTIALS_FILE
 
     def key(self, profile: str = "admin") -> AccessKey:
-        keys = json.loads((self.state_dir / KEYS_FILE).read_text())["keys"]
-        return next(AccessKey.model_validate(k) for k in keys if k["profile"] == profile)
+        return next(k for k in KeyStore(self.state_dir).all() if k.name == profile and k.revoked_at is None)
 
     def aws(self, *args: str, profile: str | None = "admin", credentials: Path | None = None,
             env: Mapping[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -138,6 +137,7 @@ class Daemon:
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: Mapping[str, str] | None = None) -> Reply:
         parts = urlsplit(self.url)
+        assert parts.hostname is not None
         if self.ca_bundle is not None:
             context = ssl.create_default_context(cafile=str(self.ca_bundle))
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
@@ -158,15 +158,19 @@ class Daemon:
         return self.process.wait(timeout)
 
 
-def start_daemon(state_dir: Path, *, env: Mapping[str, str] | None = None, ca_bundle: Path | None = None) -> Daemon:
-    """Start `edge-face serve` and wait until /readyz answers 200."""
-    port = free_port()
+def start_daemon(state_dir: Path, *, env: Mapping[str, str] | None = None, ca_bundle: Path | None = None,
+                 preexec: Callable[[], None] | None = None, port: int | None = None,
+                 wrapper: Sequence[str] = ()) -> Daemon:
+    """Start `edge-face serve` (on `port`, or a free one; under `wrapper`, a command such as strace) and wait until
+    /readyz answers 200; `preexec` runs in the child before it (a umask or a file limit, as a service manager sets
+    them)."""
+    port = port or free_port()
     log = state_dir.with_name(state_dir.name + f"-{port}.log")
     daemon_env = {**os.environ, "EDGE_FACE_SERVER__SHUTDOWN_TIMEOUT_S": "20", **(env or {})}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", "serve", "--state-dir", str(state_dir), "--port", str(port)],
-            cwd=REPO, env=daemon_env, stdout=out, stderr=subprocess.STDOUT)
+            [*wrapper, sys.executable, "-m", "edge.cli", "serve", "--state-dir", str(state_dir), "--port", str(port)],
+            cwd=REPO, env=daemon_env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=preexec)
     scheme = "https" if ca_bundle else "http"
     daemon = Daemon(state_dir, f"{scheme}://127.0.0.1:{port}", process, log, ca_bundle, dict(env or {}))
     deadline = time.monotonic() + START_TIMEOUT_S

@@ -15,13 +15,13 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from edge import errors
+from edge.config import ServerSettings
 from edge.server.auth import Authenticator, HttpRequest, Principal, is_loopback
-from edge.server.credentials import AccessKey
-from edge.server.settings import ServerSettings
+from edge.server.credentials import SCOPES, AccessKey
 
-ADMIN = AccessKey(profile="admin", access_key_id="AKIAADMINADMINADMIN0", secret_access_key="a" * 40, scope="admin")
-KIOSK = AccessKey(profile="kiosk", access_key_id="AKIAKIOSKKIOSKKIOSK0", secret_access_key="k" * 40,
-                  scope="read-only")
+ADMIN = AccessKey(name="admin", access_key_id="AKIAADMINADMINADMIN0", secret_access_key="a" * 40)
+KIOSK = AccessKey(name="kiosk", access_key_id="AKIAKIOSKKIOSKKIOSK0", secret_access_key="k" * 40,
+                  operations=SCOPES["read-only"])
 KEYS = {k.access_key_id: k for k in (ADMIN, KIOSK)}
 NOW = datetime.datetime(2026, 5, 1, 12, 0, 0)
 SCOPE = "rekognition/aws4_request"
@@ -32,7 +32,7 @@ BODY = json.dumps({"CollectionId": "door"}).encode()
 def signed(*, key: AccessKey = ADMIN, secret: str | None = None, operation: str | None = "DescribeCollection",
            body: bytes = BODY, at: datetime.datetime = NOW, token: str | None = None, service: str = "rekognition",
            region: str = REGION, headers: dict[str, str] | None = None,
-           tamper: Callable[[dict[str, str]], None] | None = None, client: str = "127.0.0.1") -> HttpRequest:
+           tamper: Callable[[dict[str, str]], object] | None = None, client: str = "127.0.0.1") -> HttpRequest:
     """What the daemon receives from botocore signing this request (then `tamper` edits the headers)."""
     request = AWSRequest("POST", "http://127.0.0.1:8080/", data=body,
                          headers={"Content-Type": "application/x-amz-json-1.1", **(headers or {})})
@@ -64,9 +64,9 @@ def refused(request: HttpRequest, body: bytes = BODY, **settings: object) -> err
 
 
 def test_botocore_signatures_verify_with_the_keys_scope() -> None:
-    assert verify(signed()) == Principal(ADMIN.access_key_id, "admin")
+    assert verify(signed()) == Principal(ADMIN.access_key_id)
     kiosk = verify(signed(key=KIOSK))
-    assert kiosk == Principal(KIOSK.access_key_id, "read-only")
+    assert kiosk == Principal(KIOSK.access_key_id, SCOPES["read-only"])
     kiosk.authorize("SearchFacesByImage")
     with pytest.raises(errors.AccessDeniedException):
         kiosk.authorize("IndexFaces")
@@ -91,12 +91,12 @@ def test_tampering_is_an_invalid_signature() -> None:
 
 
 def test_unknown_key_and_session_tokens() -> None:
-    stranger = AccessKey(profile="x", access_key_id="AKIASTRANGERSTRANGER", secret_access_key="s" * 40, scope="admin")
+    stranger = AccessKey(name="x", access_key_id="AKIASTRANGERSTRANGER", secret_access_key="s" * 40)
     for request in (signed(key=stranger), signed(token="session-token")):
         error = refused(request)
         assert isinstance(error, errors.UnrecognizedClientException)
         assert error.message == "The security token included in the request is invalid."
-    assert verify(signed(token="session-token"), allow_session_tokens=True).scope == "admin"
+    assert verify(signed(token="session-token"), allow_session_tokens=True).is_admin
 
 
 def test_expired_and_future_dates() -> None:
@@ -109,10 +109,10 @@ def test_expired_and_future_dates() -> None:
 
 
 def test_missing_and_malformed_authorization() -> None:
-    def drop(name: str) -> Callable[[dict[str, str]], None]:
+    def drop(name: str) -> Callable[[dict[str, str]], object]:
         return lambda headers: headers.pop(name)
 
-    def replace(name: str, value: str) -> Callable[[dict[str, str]], None]:
+    def replace(name: str, value: str) -> Callable[[dict[str, str]], object]:
         return lambda headers: headers.__setitem__(name, value)
 
     assert isinstance(refused(signed(tamper=drop("authorization"))), errors.MissingAuthenticationTokenException)
@@ -145,7 +145,7 @@ def test_the_payload_is_always_signed() -> None:
     request = signed(headers={"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
     assert isinstance(refused(request), errors.InvalidSignatureException)
     digest = hashlib.sha256(BODY).hexdigest()
-    assert verify(signed(headers={"X-Amz-Content-SHA256": digest})).scope == "admin"
+    assert verify(signed(headers={"X-Amz-Content-SHA256": digest})).is_admin
 
 
 def test_unsigned_requests_only_when_enabled_and_only_from_loopback() -> None:
@@ -155,7 +155,7 @@ def test_unsigned_requests_only_when_enabled_and_only_from_loopback() -> None:
 
     assert isinstance(refused(unsigned("127.0.0.1")), errors.MissingAuthenticationTokenException)
     for client in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
-        assert verify(unsigned(client), allow_unsigned=True) == Principal(None, "admin")
+        assert verify(unsigned(client), allow_unsigned=True) == Principal(None)
     for client in ("192.168.1.20", "10.0.0.1", "::ffff:10.0.0.1", "testclient"):
         assert isinstance(refused(unsigned(client), allow_unsigned=True), errors.MissingAuthenticationTokenException)
     assert is_loopback("localhost") and not is_loopback(None)
@@ -177,4 +177,4 @@ def test_the_headers_the_client_chose_to_sign() -> None:
             request)
     assert "user-agent" in request.headers["Authorization"]
     headers = [(k.lower(), v) for k, v in request.prepare().headers.items()] + [("host", "127.0.0.1:8080")]
-    assert verify(HttpRequest("POST", "/", "", headers, "127.0.0.1")).scope == "admin"
+    assert verify(HttpRequest("POST", "/", "", headers, "127.0.0.1")).is_admin

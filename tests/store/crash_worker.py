@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from store_support import DIM, MODEL
 
+from bench.synthetic import SyntheticFaces, new_faces
 from edge.store import Store
-from edge.store.synthetic import SyntheticFaces, new_faces
 
 
 def main(state_dir: Path, seed: int) -> None:

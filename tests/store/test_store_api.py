@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from store_support import DIM, MODEL, OpenStore
 
+from bench.synthetic import SyntheticFaces, new_faces
 from edge.store import (
     CollectionExists,
     CollectionNotFound,
@@ -24,7 +25,6 @@ from edge.store import (
 )
 from edge.store.index import INDEX_FILE, MANIFEST_FILE
 from edge.store.store import COLLECTIONS_DIR, DB_FILE
-from edge.store.synthetic import SyntheticFaces, new_faces
 
 SYN = SyntheticFaces(DIM, 200, seed=11)
 
@@ -138,6 +138,7 @@ def test_users_associate_disassociate_and_delete(open_store: OpenStore) -> None:
         store.get_user("c", "u2")
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("exact_max", [0, 1000], ids=["hnsw", "exact"])
 def test_collection_is_pinned_to_its_face_model(open_store: OpenStore, state_dir: Path, exact_max: int) -> None:
     store, _, vectors = _store_with_faces(open_store, 20, exact_max=exact_max)
@@ -181,9 +182,13 @@ def test_second_process_is_locked_out(open_store: OpenStore, state_dir: Path) ->
         Store(state_dir, checkpoint_interval_s=None)
 
 
-def test_crash_image_is_replayed_from_the_change_log(open_store: OpenStore, tmp_path: Path) -> None:
-    """A copy of the state directory taken between checkpoints is what kill -9 leaves behind."""
-    store, ids, vectors = _store_with_faces(open_store, 200, exact_max=0)
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("retention_s", [0.0, 86400.0], ids=["pruned", "kept"])
+def test_crash_image_is_replayed_from_the_change_log(open_store: OpenStore, tmp_path: Path,
+                                                     retention_s: float) -> None:
+    """A copy of the state directory taken between checkpoints is what kill -9 leaves behind; a change log
+    pruned at the checkpoint still holds what the replay needs."""
+    store, ids, vectors = _store_with_faces(open_store, 200, exact_max=0, change_log_retention_s=retention_s)
     store.checkpoint()
     more = _vectors(30, stream=1)
     ids += [f.face_id for f in store.add_faces("c", new_faces(more), model_version=MODEL)]
@@ -196,6 +201,20 @@ def test_crash_image_is_replayed_from_the_change_log(open_store: OpenStore, tmp_
     assert all(_top1(recovered, v) == fid for v, fid in zip(everything[10:], ids[10:], strict=True))
     found = {h.face.face_id for v in everything[:10] for h in recovered.search("c", v, model_version=MODEL, k=5)}
     assert not found & set(ids[:10])
+
+
+@pytest.mark.sqlite_only
+def test_the_change_log_keeps_what_recovery_needs_beyond_its_retention(open_store: OpenStore,
+                                                                      state_dir: Path) -> None:
+    store, ids, _ = _store_with_faces(open_store, 50, exact_max=0, change_log_retention_s=0)
+    store.create_user("c", "someone")
+    store.delete_faces("c", ids[:5])
+    store.checkpoint()
+    with sqlite3.connect(state_dir / DB_FILE) as db:
+        kinds = db.execute("SELECT kind FROM changes").fetchall()
+    assert kinds == [("face_deleted",)]  # the latest face change: it dates the index file
+    store.close()
+    assert open_store(exact_max=0).recovery["c"].kind == "loaded"
 
 
 @pytest.mark.parametrize(
@@ -237,3 +256,15 @@ def test_recreated_collection_starts_empty(open_store: OpenStore, state_dir: Pat
     assert store.get_collection("c").uid != old_uid and store.face_count("c") == 0
     assert store.search("c", vectors[0], model_version=MODEL, k=5) == []
     assert not (state_dir / COLLECTIONS_DIR / old_uid).exists()
+
+
+@pytest.mark.sqlite_only
+def test_a_version_1_database_is_upgraded_in_place(open_store: OpenStore, state_dir: Path) -> None:
+    store, ids, _ = _store_with_faces(open_store, 5)
+    store.close()
+    with sqlite3.connect(state_dir / DB_FILE) as db:  # what the previous version made
+        db.executescript("DROP TABLE requests; DROP TABLE meta; PRAGMA user_version = 1;")
+    upgraded = open_store()
+    assert [f.face_id for f in upgraded.list_faces("c")[0]] == sorted(ids)
+    assert upgraded.run_once("key", "fingerprint", "c", 60, lambda: "answer") == "answer"
+    assert upgraded.run_once("key", "fingerprint", "c", 60, lambda: "another") == "answer"

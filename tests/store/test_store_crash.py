@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import random
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from store_support import DIM, MODEL, OpenStore
 from edge.store import FaceNotFound
 
 WORKER = Path(__file__).with_name("crash_worker.py")
+ROOT = Path(__file__).parents[2]
 ROUNDS = 8
 STARTUP_TIMEOUT_S = 60
 
@@ -28,7 +30,8 @@ def _run_and_kill(state_dir: Path, seed: int, delay_s: float) -> list[str]:
     """
     log = state_dir.parent / f"worker-{seed}.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, str(WORKER), str(state_dir), str(seed)], stdout=out)
+        proc = subprocess.Popen([sys.executable, str(WORKER), str(state_dir), str(seed)], stdout=out,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not log.read_text().startswith("READY") and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -40,6 +43,7 @@ def _run_and_kill(state_dir: Path, seed: int, delay_s: float) -> list[str]:
     return lines[1:]
 
 
+@pytest.mark.sqlite_only
 def test_acknowledged_writes_survive_sigkill(open_store: OpenStore, state_dir: Path) -> None:
     seeder = random.Random(20240517)
     store = open_store(exact_max=0)

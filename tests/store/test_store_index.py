@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from store_support import DIM
 
+from bench.synthetic import SyntheticFaces
 from edge.store import index as index_module
 from edge.store.errors import IndexInvalid
 from edge.store.index import INDEX_FILE, MANIFEST_FILE, ExactIndex, HnswIndex, HnswParams, auto_ef
 from edge.store.models import CollectionRecord
-from edge.store.synthetic import SyntheticFaces
 
 PARAMS = HnswParams()
 RECORD = CollectionRecord("c", "arn:c", "m1", DIM, 0.0, "uid-1")
@@ -110,7 +111,7 @@ def _flip_byte(directory: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def _edit_manifest(**changes: object) -> object:
+def _edit_manifest(**changes: object) -> Callable[[Path], None]:
     def edit(directory: Path) -> None:
         path = directory / MANIFEST_FILE
         path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
@@ -121,7 +122,7 @@ def _edit_manifest(**changes: object) -> object:
 def _foreign_file_with_forged_sha(directory: Path) -> None:
     """A valid hnswlib file of another dimension, with a manifest re-signed to match it."""
     other = HnswIndex.build(64, PARAMS, _labels(300), SyntheticFaces(64, 300, seed=4).sample(np.arange(300), 0))
-    sha = other.save(directory / "other", RECORD.__class__("c", "arn", "m1", 64, 0.0, "uid-1"), 42).sha256
+    sha = other.save(directory / "other", CollectionRecord("c", "arn", "m1", 64, 0.0, "uid-1"), 42).sha256
     os.replace(directory / "other" / INDEX_FILE, directory / INDEX_FILE)
     _edit_manifest(sha256=sha)(directory)
 

@@ -1,4 +1,4 @@
-"""Clustered synthetic embeddings for the store's tests and benchmark.
+"""Clustered synthetic embeddings for the store's tests and benchmarks (test data, not product code).
 
 Uniform random vectors are nearly orthogonal and make ANN search look easier than it is.  Real face
 embeddings cluster by identity (same person ~0.9 cosine) and share a common component (different
