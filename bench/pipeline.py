@@ -9,8 +9,9 @@ what a stage costs beyond its model is the pre- and post-processing around it (t
 anchor decoding and suppression for detection; the region warp and the output mapping for FaceMesh;
 the chip's normalisation for the embedder). Then the levers: MediaPipe's FaceDetector task against
 the LiteRT detector that replaced it, the embedder on one thread against two (what a lone request
-would gain from the second core of an idle device), and the embedder's GMAC/s against the core's
-fp32 matrix-multiply peak. Results go to bench/results/pipeline.json.
+gains from the second core of an idle device), the chip and its mirror as one batch of two against
+two passes, and the embedder's GMAC/s against the core's fp32 matrix-multiply peak. Results go to
+bench/results/pipeline.json.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m bench.pipeline --data ../shared/data/faces-dev --threads 1
 """
@@ -195,6 +196,7 @@ def run(data: Path, threads: int, photos: int, peer: bool) -> dict[str, Any]:
     default_settings = built["default"][0]
     result["embedder"] = {"fp32": embedder_roofline(embedders["default"].artifact.family, default_settings.model_dir,
                                                     threads)}
+    result["mirror_pair_ms"] = mirror_pair(default_settings.model_dir, threads)
     return result
 
 
@@ -223,6 +225,31 @@ def detector_task_vs_litert(data: Path, photos: int) -> dict[str, Any]:
             out[f"{detector} {label}"] = {name: round(1000 * float(np.median(t[len(rgbs):])), 3)
                                           for name, t in times.items()}
         task.close()
+    return out
+
+
+def mirror_pair(model_dir: Path, threads: int, runs: int = 200) -> dict[str, dict[str, float]]:
+    """The embedder on a chip and its mirror image: one batch of two against two single passes, interleaved."""
+    from edge.vision.models import ModelCatalog
+    from edge.vision.runtime import LiteRTSession
+
+    catalog = ModelCatalog(model_dir)
+    out = {}
+    for precision in ("int8-dynamic", "fp32"):
+        path = catalog.verified_path(catalog.find("embedder", "dlib_resnet_v1", precision))
+        single, pair = LiteRTSession(path, threads=threads), LiteRTSession(path, threads=threads)
+        one = np.full((1, *single.input_shape[1:]), 127.0, dtype=np.float32)
+        two = np.concatenate([one, one[:, :, ::-1]])
+        times: dict[str, list[float]] = {"two_single_passes": [], "batch_of_two": []}
+        for _ in range(runs + 10):
+            start = time.perf_counter()
+            single.run(one)
+            single.run(one[:, :, ::-1])
+            middle = time.perf_counter()
+            pair.run(two)
+            times["two_single_passes"].append(middle - start)
+            times["batch_of_two"].append(time.perf_counter() - middle)
+        out[precision] = {name: round(1000 * float(np.median(t[10:])), 3) for name, t in times.items()}
     return out
 
 
