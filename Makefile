@@ -84,11 +84,11 @@ test-fleet: setup models $(VENV)/.fleet bundle
 test-sync: setup models postgres
 	$(VENV)/bin/pytest -m slow -q tests/sync
 
-# Results land in bench/results/*.json; 1M-face stores: `make bench-1m`.
+# Results land in bench/results/*.json; 1M-face stores: `make bench-1m` (a graph build each, CPU-heavy).
 bench: setup models $(VENV)/.peer
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m bench.pipeline --data $(FACES) --threads 1
-	$(VENV)/bin/python -m bench.http
-	$(VENV)/bin/python -m bench.store_scale --sizes 100000 --dims 128,512
+	$(VENV)/bin/python -m bench.http --data $(EDGE_FACE_DATA)
+	$(VENV)/bin/python -m bench.store_scale --sizes 100000 --dims 128,512 --efs auto
 	$(VENV)/bin/python -m bench.erasure --sizes 10000,100000
 	$(VENV)/bin/python -m bench.abuse
 
@@ -101,7 +101,7 @@ bench-sync: setup models postgres
 	$(VENV)/bin/python -m bench.sync
 
 bench-1m: setup
-	$(VENV)/bin/python -m bench.store_scale --sizes 1000000 --dims 128 --efs 192,384,768
+	$(VENV)/bin/python -m bench.store_scale --sizes 1000000 --dims 128,512 --efs auto,64,96,192
 
 eval: setup models $(VENV)/.peer
 	$(VENV)/bin/edge-face eval --data $(FACES) --peer

@@ -55,8 +55,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from bench.http import query_photo
 from bench.machine import cpu_model
+from bench.photos import query_photo
 from edge.evaluation.dataset import data_root
 from edge.server.credentials import KeyStore
 

@@ -130,7 +130,9 @@ def measure(
     for ef in efs:
         flags = ["--m", str(params.m), "--ef-construction", str(params.ef_construction), "--efs", str(ef or "auto")]
         child = subprocess.run(
-            [sys.executable, __file__, "--serve", str(state_dir), "--queries-file", str(queries_file), *flags],
+            [sys.executable, "-m", "bench.store_scale", "--serve", str(state_dir), "--queries-file", str(queries_file),
+             *flags],
+            cwd=Path(__file__).resolve().parents[1],  # the repository root, where `bench` is a package
             check=True,
             capture_output=True,
             text=True,

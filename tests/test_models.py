@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from edge.config import PipelineSettings
-from edge.vision.embedder import Embedder
+from edge.vision.embedder import Embedder, unit
 from edge.vision.models import ModelCatalog, ModelError
-from edge.vision.runtime import select_backend
+from edge.vision.runtime import select_backend, spread_over
 
 # The least cosine each precision must keep against the reference (dlib itself, FaceNet's TF graph).
 MIN_COSINE = {"fp32": 0.9999, "fp16": 0.9999, "int8-dynamic": 0.998, "int8": 0.998}
@@ -49,6 +49,24 @@ def test_every_embedder_matches_its_reference(catalog: ModelCatalog, parity: dic
         if worst < MIN_COSINE[art.precision]:
             failures.append(f"{art.name}: min cosine {worst:.6f} < {MIN_COSINE[art.precision]}")
     assert not failures, failures
+
+
+def test_flip_pairs_and_spread_threads_give_the_calibrated_embedding(
+        catalog: ModelCatalog, parity: dict[str, np.ndarray]) -> None:
+    """The mirror pass runs as a batch of two, on the embedder's own thread or on the two a lone request
+    is granted: the vector must still be the mean of the two single passes the calibration was fitted on."""
+    cpu = select_backend(["cpu"])
+    chips = parity["dlib_resnet_v1_inputs"][:8]
+    for precision in ("fp32", "int8-dynamic"):
+        art = catalog.find("embedder", "dlib_resnet_v1", precision)
+        single = Embedder(catalog, art, backend=cpu, threads=1)
+        flip = Embedder(catalog, art, backend=cpu, threads=1, flip_augment=True)
+        for chip in chips:
+            expected = unit(single.raw(chip) + single.raw(chip[:, ::-1]))
+            np.testing.assert_allclose(flip.embed(chip), expected, atol=1e-6)
+            with spread_over(2):
+                np.testing.assert_allclose(flip.embed(chip), expected, atol=1e-6)
+                np.testing.assert_allclose(single.embed(chip), unit(single.raw(chip)), atol=1e-6)
 
 
 def test_every_precision_of_both_embedders_is_built(catalog: ModelCatalog) -> None:

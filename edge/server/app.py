@@ -101,7 +101,9 @@ class Daemon:
             secret = token_secret(settings.state_dir)
             workers = [Rekognition(self.store, make_pipeline(pipeline, observe=metrics.observe_stages),
                                    settings.service, secret=secret) for _ in range(size)]
-            self.pool = InferencePool(workers, settings.server.queue_size)
+            # A request that finds the other workers idle may take every core (or the configured threads).
+            self.pool = InferencePool(workers, settings.server.queue_size,
+                                      spread=settings.pipeline.threads or default_threads())
         except BaseException:
             self.store.close()
             raise

@@ -1,43 +1,30 @@
-"""Face detection with MediaPipe Tasks' FaceDetector (BlazeFace).
+"""Face detection: MediaPipe's BlazeFace models run on LiteRT, decoded as MediaPipe decodes them.
 
-MediaPipe 1.2.3's package `__init__` eagerly imports its drawing utilities, which need
-matplotlib; face detection does not. `_face_detector_module` imports the detector task
-alone by registering the parent packages without running their `__init__`, so matplotlib,
-sounddevice and opencv-contrib stay out of the environment (see pyproject's uv overrides).
+MediaPipe's FaceDetector task runs the same model inside its calculator graph, whose threads and
+packet copies cost more than the model itself on a busy two-core device (README, Speed). This is
+the recipe of its face_detection_{short,full}_range graphs, in the caller's thread: the image
+letterboxed into the model's square input (bilinear, zero border, values in [-1, 1]), SSD anchors,
+sigmoid scores, weighted non-maximum suppression at IoU 0.3, and the letterbox removed again.
+Scores and keypoints agree with the task's to within float rounding; boxes are kept in float
+pixels and not clamped to the image (the task truncates them to integers and shifts a box that
+leaves the frame back inside), so a face cut by the edge has a negative Left, as in Rekognition.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import threading
-import types
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
-from typing import Any
 
+import cv2
 import numpy as np
 
-# Packages whose __init__ pulls in GUI or audio modules the detector never uses.
-_SKIPPED_INITS = ("", "tasks", "tasks/python", "tasks/python/vision")
+from edge.vision.runtime import LiteRTSession
 
-
-@cache
-def _face_detector_module() -> types.ModuleType:
-    spec = importlib.util.find_spec("mediapipe")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("mediapipe is not installed")
-    root = Path(next(iter(spec.submodule_search_locations)))
-    for sub in _SKIPPED_INITS:
-        name = ".".join(["mediapipe", *filter(None, sub.split("/"))])
-        if name not in sys.modules:
-            package = types.ModuleType(name)
-            package.__path__ = [str(root / sub)]
-            sys.modules[name] = package
-    from mediapipe.tasks.python.vision import face_detector
-
-    return face_detector
+NMS_IOU = 0.3
+_SCORE_CLIP = 100.0
+#: Input side -> (anchor strides of the SSD layers, anchors per cell and layer), as in MediaPipe's
+#: face_detection_short_range (128 px) and face_detection_full_range (192 px) graphs.
+_SSD_LAYERS = {128: ((8, 16, 16, 16), 2), 192: ((4,), 1)}
 
 
 @dataclass(frozen=True)
@@ -53,46 +40,80 @@ class Detection:
     keypoints: np.ndarray
 
 
+def _anchor_centres(size: int) -> np.ndarray:
+    """Anchor centres (x, y) in [0, 1], in the order of the model's outputs; layers of one stride share a grid."""
+    strides, per_layer = _SSD_LAYERS[size]
+    centres = []
+    for stride in dict.fromkeys(strides):
+        cells = size // stride
+        y, x = np.mgrid[0:cells, 0:cells]
+        grid = np.stack([(x + 0.5) / cells, (y + 0.5) / cells], axis=-1).reshape(-1, 1, 2)
+        centres.append(np.repeat(grid, per_layer * strides.count(stride), axis=1).reshape(-1, 2))
+    return np.concatenate(centres).astype(np.float32)
+
+
 class FaceDetector:
-    """BlazeFace through MediaPipe Tasks, in IMAGE mode.
+    """BlazeFace on one LiteRT thread: the model is small enough that a second thread only adds hand-offs.
 
     The short-range model (128 px input) is for kiosk distance; the full-range model
     (192 px) finds the smaller faces of group photos.
     """
 
     def __init__(self, model_path: Path, *, min_confidence: float = 0.5) -> None:
-        fd = _face_detector_module()
-        from mediapipe.tasks.python.core.base_options import BaseOptions
-        from mediapipe.tasks.python.vision.core.image import Image, ImageFormat
-
-        self._image = Image
-        self._srgb = ImageFormat.SRGB
-        options = fd.FaceDetectorOptions(
-            base_options=BaseOptions(model_asset_path=str(model_path)),
-            min_detection_confidence=min_confidence,
-            min_suppression_threshold=0.3,
-        )
-        self._detector: Any = fd.FaceDetector.create_from_options(options)
-        self._lock = threading.Lock()
+        self._session = LiteRTSession(model_path, threads=1)
+        self._size = self._session.input_shape[1]
+        self._anchors = _anchor_centres(self._size)
+        self._min_confidence = min_confidence
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         """All faces above the confidence floor, largest first."""
         height, width = rgb.shape[:2]
-        image = self._image(image_format=self._srgb, data=np.ascontiguousarray(rgb))
-        with self._lock:
-            result = self._detector.detect(image)
+        size = self._size
+        scale = size / max(width, height)
+        pad = np.array([(size - width * scale) / 2, (size - height * scale) / 2])
+        letterbox = np.array([[scale, 0.0, pad[0]], [0.0, scale, pad[1]]])
+        square = cv2.warpAffine(rgb, letterbox, (size, size), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_CONSTANT)
+        outputs = self._session.run((square.astype(np.float32) * (2 / 255) - 1)[None])
+        regressors, logits = sorted(outputs, key=lambda o: -o.shape[-1])
+        logits = np.clip(logits.reshape(-1).astype(np.float64), -_SCORE_CLIP, _SCORE_CLIP)
+        scores = 1 / (1 + np.exp(-logits))
+        # Per anchor: box centre, box size, six keypoints, in input pixels relative to the anchor.
+        points = regressors.reshape(-1, 8, 2) / size
+        keep = np.flatnonzero((scores >= self._min_confidence) & np.all(points[:, 1] > 0, axis=1))
+        if not len(keep):
+            return []
+        points = points[keep]
+        points[:, [0, 2, 3, 4, 5, 6, 7]] += self._anchors[keep, None]
         found = []
-        for det in result.detections:
-            bb = det.bounding_box
-            keypoints = np.array([[kp.x * width, kp.y * height] for kp in det.keypoints or []],
-                                 dtype=np.float32).reshape(-1, 2)
-            found.append(Detection(
-                box=np.array([bb.origin_x, bb.origin_y, bb.width, bb.height], dtype=np.float32),
-                score=float(det.categories[0].score) if det.categories else 0.0,
-                keypoints=keypoints,
-            ))
+        for merged, score in _weighted_nms(points, scores[keep]):
+            pixels = (merged * size - pad) / scale
+            centre, side = pixels[0], merged[1] * size / scale
+            found.append(Detection(box=np.array([*(centre - side / 2), *side], dtype=np.float32),
+                                   score=score, keypoints=pixels[2:].astype(np.float32)))
         found.sort(key=lambda d: -float(d.box[2] * d.box[3]))
         return found
 
     def close(self) -> None:
-        self._detector.close()
+        """Nothing beyond the interpreter, which goes with the detector."""
+
+
+def _weighted_nms(points: np.ndarray, scores: np.ndarray) -> list[tuple[np.ndarray, float]]:
+    """MediaPipe's WEIGHTED suppression: the best remaining detection absorbs every one that overlaps it
+    by more than NMS_IOU, as their score-weighted mean; it keeps its own score."""
+    corners = np.concatenate([points[:, 0] - points[:, 1] / 2, points[:, 0] + points[:, 1] / 2], axis=1)
+    areas = np.prod(corners[:, 2:] - corners[:, :2], axis=1)
+    remaining = np.argsort(-scores, kind="stable")
+    merged = []
+    while len(remaining):
+        best = corners[remaining[0]]
+        overlap = np.clip(np.minimum(corners[remaining, 2:], best[2:]) - np.maximum(corners[remaining, :2], best[:2]),
+                          0, None).prod(axis=1)
+        iou = overlap / np.maximum(areas[remaining] + areas[remaining[0]] - overlap, 1e-12)
+        overlaps = iou > NMS_IOU
+        overlaps[0] = True
+        weights = scores[remaining[overlaps]]
+        merged.append(((points[remaining[overlaps]] * weights[:, None, None]).sum(axis=0) / weights.sum(),
+                       float(scores[remaining[0]])))
+        remaining = remaining[~overlaps]
+    return merged

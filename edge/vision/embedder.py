@@ -6,6 +6,7 @@ picked from the model catalog for the backend that runs it.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +14,7 @@ import numpy as np
 from edge.similarity import SimilarityCalibration
 from edge.vision.align import MESH_DLIB5, box_crop, dlib_chip
 from edge.vision.models import Artifact, ModelCatalog
-from edge.vision.runtime import Backend, LiteRTSession
+from edge.vision.runtime import Backend, LiteRTSession, spread_threads
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,19 @@ class Embedder:
     def __init__(self, catalog: ModelCatalog, artifact: Artifact, *, backend: Backend, threads: int,
                  flip_augment: bool = False) -> None:
         self.artifact = artifact
-        self._session: LiteRTSession = backend.session(catalog.verified_path(artifact), threads=threads)
+        self._path = catalog.verified_path(artifact)
+        self._backend = backend
         self._crop = _CROPS[artifact.family]
         normalise = artifact.info.get("input", {})
         self._mean = float(normalise.get("mean", 0.0))
         self._std = float(normalise.get("std", 1.0))
         self.flip_augment = flip_augment
+        # Accelerator models are compiled for one input shape; on the CPU the pair is a batch of two.
+        self._pairs = flip_augment and backend.delegate_library is None
+        self._threads = threads
+        self._sessions: dict[int, LiteRTSession] = {}
+        self._sessions_lock = threading.Lock()
+        self._session(threads)
 
     @property
     def version(self) -> str:
@@ -87,13 +95,35 @@ class Embedder:
         return "flip" if self.flip_augment else "single"
 
     def embed(self, chip: np.ndarray) -> np.ndarray:
-        """The L2-normalised embedding of one aligned chip (RGB uint8)."""
-        vec = self.raw(chip)
-        if self.flip_augment:
-            vec = vec + self.raw(chip[:, ::-1])
-        return unit(vec)
+        """The L2-normalised embedding of one aligned chip (RGB uint8).
+
+        With flip augmentation on the CPU the chip and its mirror image run as one batch of two: one
+        invocation reuses each layer's weights for both and gives the same numbers as two.
+        """
+        if not self.flip_augment:
+            return unit(self.raw(chip))
+        pair = np.stack([chip, chip[:, ::-1]])
+        if self._pairs:
+            return unit(self._outputs(pair).sum(axis=0))
+        return unit(self.raw(pair[0]) + self.raw(pair[1]))
 
     def raw(self, chip: np.ndarray) -> np.ndarray:
         """The model's output for one chip, as it comes (dlib's is not unit length)."""
-        tensor = (chip.astype(np.float32)[None] - self._mean) / self._std
-        return self._session.run(tensor)[0].reshape(-1).astype(np.float64)
+        return self._outputs(chip[None])[0]
+
+    def _outputs(self, chips: np.ndarray) -> np.ndarray:
+        tensor = (chips.astype(np.float32) - self._mean) / self._std
+        session = self._session(max(self._threads, spread_threads() or 0))
+        return session.run(tensor)[0].reshape(len(chips), -1).astype(np.float64)
+
+    def _session(self, threads: int) -> LiteRTSession:
+        """The interpreter with this many threads, made on first use (an accelerator's keeps its own)."""
+        if self._backend.delegate_library is not None:
+            threads = self._threads
+        with self._sessions_lock:
+            session = self._sessions.get(threads)
+            if session is None:
+                session = self._sessions[threads] = self._backend.session(self._path, threads=threads)
+                if self._pairs:
+                    session.run(np.zeros((2, *session.input_shape[1:]), dtype=np.float32))  # sized once
+            return session

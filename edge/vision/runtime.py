@@ -12,7 +12,9 @@ import ctypes
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar
@@ -158,3 +160,23 @@ def cpu_has_int8_dot_product(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 def default_threads() -> int:
     """Inference threads when none are configured: every core the process may use."""
     return max(1, len(os.sched_getaffinity(0)))
+
+
+_SPREAD: ContextVar[int | None] = ContextVar("spread", default=None)
+
+
+@contextmanager
+def spread_over(threads: int | None) -> Iterator[None]:
+    """Let the models of this thread's current job that gain from it run on `threads` threads (None:
+    as configured). The daemon's pool splits the cores between its workers; a request that finds the
+    other workers idle may take them all."""
+    token = _SPREAD.set(threads)
+    try:
+        yield
+    finally:
+        _SPREAD.reset(token)
+
+
+def spread_threads() -> int | None:
+    """The threads `spread_over` granted to the current job, if any."""
+    return _SPREAD.get()
