@@ -52,7 +52,9 @@ def enroll(daemon: Daemon, folder: Path, journal: Path) -> subprocess.Popen[str]
     return subprocess.Popen(
         [sys.executable, "-m", "edge.cli", "enroll", str(folder), "--collection-id", "staff", "--create-collection",
          "--endpoint-url", daemon.url, "--profile", "admin", "--journal", str(journal)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        # As from a terminal: a shell's background job (CI under nohup) would pass SIGINT on ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def interrupt_after(process: subprocess.Popen[str], journal: Path, lines: int, sig: signal.Signals) -> None:
