@@ -102,3 +102,20 @@ def test_the_table_lets_read_only_keys_change_nothing() -> None:
     assert {name for name, op in OPERATIONS.items() if not op.read_only} == writes
     assert {name for name, op in OPERATIONS.items() if op.takes_image} == {
         "IndexFaces", "SearchFacesByImage", "DetectFaces", "CompareFaces", "SearchUsersByImage"}
+
+
+def test_a_search_of_a_group_photo_analyses_only_its_largest_face(ops: Rekognition, door: dict[str, str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rekognition searches with the largest face and reports no other: the rest cost no landmarks."""
+    meshed: list[int] = []
+    landmarks = ops.pipeline.mesh.landmarks
+    monkeypatch.setattr(ops.pipeline.mesh, "landmarks",
+                        lambda rgb, det: meshed.append(int(det.box[2])) or landmarks(rgb, det))
+    group = image(photo(("cyd", 20, 20, 90), ("ann", 200, 100, 220), ("bob", 480, 40, 100)))
+    found = ops.call("SearchFacesByImage", {"CollectionId": "door", "Image": group})
+    assert [m["Face"]["ExternalImageId"] for m in found["FaceMatches"]] == ["ann"]
+    assert meshed == [220]
+    meshed.clear()
+    compared = ops.call("CompareFaces", {"SourceImage": group, "TargetImage": group})
+    assert len(compared["FaceMatches"]) == 1 and len(compared["UnmatchedFaces"]) == 2
+    assert sorted(meshed) == [90, 100, 220, 220]  # the source's largest face, then every face of the target

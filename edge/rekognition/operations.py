@@ -211,7 +211,7 @@ class Rekognition:
     def search_faces_by_image(self, p: dict[str, Any]) -> dict[str, Any]:
         cid = p["CollectionId"]
         record = self.store.get_collection(cid)
-        _, analysis = self._analyse(p["Image"], max_faces=1)
+        _, analysis = self._analyse(p["Image"], max_faces=1, largest_only=True)
         face = self._largest(analysis, QualityFilter(p.get("QualityFilter", "NONE")))
         return {
             "SearchedFaceBoundingBox": shapes.bounding_box(analysis.image, face.detection.box),
@@ -231,7 +231,7 @@ class Rekognition:
 
     def compare_faces(self, p: dict[str, Any]) -> dict[str, Any]:
         level = QualityFilter(p.get("QualityFilter", "NONE"))
-        _, source = self._analyse(p["SourceImage"], max_faces=1)
+        _, source = self._analyse(p["SourceImage"], max_faces=1, largest_only=True)
         source_face = self._largest(source, level)
         _, target = self._analyse(p["TargetImage"], max_faces=MAX_DETECTED_FACES)
         min_cosine = self.similarity.min_cosine(p.get("SimilarityThreshold", 80.0))
@@ -357,10 +357,11 @@ class Rekognition:
     # helpers
 
     def _analyse(self, image: dict[str, Any], *, embed: bool | FaceSelector = True,
-                 max_faces: int | None = None) -> tuple[bytes, Analysis]:
+                 max_faces: int | None = None, largest_only: bool = False) -> tuple[bytes, Analysis]:
         """The request's image bytes (from Bytes or a mapped S3 bucket) and the faces in them."""
         data, limit = self._images.read(image)
-        return data, self.pipeline.analyse(data, embed=embed, max_faces=max_faces, max_bytes=limit)
+        return data, self.pipeline.analyse(data, embed=embed, max_faces=max_faces, max_bytes=limit,
+                                           largest_only=largest_only)
 
     def _largest(self, analysis: Analysis, level: QualityFilter) -> Face:
         """The largest face, as searches use it; none, or one the filter refuses, is the caller's error."""

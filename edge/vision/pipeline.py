@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
@@ -35,10 +36,17 @@ class Face:
     detection: Detection
     mesh: np.ndarray
     mesh_score: float
-    pose: Pose
-    quality: Quality
     chip: np.ndarray
     embedding: np.ndarray | None = None
+
+    @cached_property
+    def pose(self) -> Pose:
+        """Measured when first asked for: a search with no quality filter reports neither pose nor quality."""
+        return pose_from_mesh(self.mesh)
+
+    @cached_property
+    def quality(self) -> Quality:
+        return measure_quality(self.chip)
 
     @property
     def confidence(self) -> float:
@@ -149,10 +157,12 @@ class FacePipeline:
         return self.embedder.version
 
     def analyse(self, data: bytes | DecodedImage, *, embed: bool | FaceSelector = True,
-                max_faces: int | None = None, max_bytes: int = MAX_IMAGE_BYTES) -> Analysis:
+                max_faces: int | None = None, max_bytes: int = MAX_IMAGE_BYTES,
+                largest_only: bool = False) -> Analysis:
         """Every face in the image, largest first, the first `max_faces` that `embed` selects embedded.
 
-        `max_bytes` is the decode limit: 5 MB for request bytes, 15 MB for an S3 object.
+        `max_bytes` is the decode limit: 5 MB for request bytes, 15 MB for an S3 object. `largest_only`
+        stops at the largest face (a search reports no other), sparing the landmarks of the rest.
         """
         timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)
 
@@ -178,13 +188,15 @@ class FacePipeline:
                 continue
             with stage("align"):
                 chip = self.embedder.crop(image.rgb, FaceGeometry(det.box, mesh))
-                face = Face(det, mesh, mesh_score, pose_from_mesh(mesh), measure_quality(chip), chip)
+                face = Face(det, mesh, mesh_score, chip)
             wanted = embed(image, face) if callable(embed) else embed
             if wanted and (max_faces is None or embedded < max_faces):
                 with stage("embed"):
                     face.embedding = self.embedder.embed(chip)
                 embedded += 1
             faces.append(face)
+            if largest_only:
+                break
         if self._observe is not None:
             self._observe(timings)
         return Analysis(image, faces, timings)
