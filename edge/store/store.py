@@ -799,8 +799,12 @@ class Store:
                 current = self._collections[collection_id] = self._recover(record)
             return current
 
-    def _catch_up(self, state: _Collection) -> None:
-        """Replay into this instance's index the face changes other instances logged since it was current."""
+    def _catch_up(self, state: _Collection, *, promote: bool = True) -> None:
+        """Replay into this instance's index the face changes other instances logged since it was current.
+
+        `promote`: also start the HNSW build if the exact index outgrew itself; a writer that holds the
+        write lock passes False and promotes once it has let go (a build under the lock stalls every write).
+        """
         snapshot = None
         with self._write_lock:
             with self._db.read() as tx:
@@ -819,7 +823,8 @@ class Store:
                 return
             state.applied_seq = replay.seq
             state.unpurged = state.unpurged or (replay.removed > 0 and isinstance(state.index, HnswIndex))
-            if isinstance(state.index, ExactIndex) and len(state.index) > self._exact_max and not state.promoting:
+            if promote and isinstance(state.index, ExactIndex) and len(state.index) > self._exact_max \
+                    and not state.promoting:
                 state.promoting = True
                 snapshot = (*state.index.items(), state.applied_seq)
         if snapshot is not None:
@@ -878,7 +883,7 @@ class Store:
         On a shared database other instances' changes may precede this one: replay the log instead.
         """
         if self._db.shared:
-            self._catch_up(state)
+            self._catch_up(state, promote=False)
             return
         try:
             with state.lock.write():

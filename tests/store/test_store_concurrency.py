@@ -123,8 +123,6 @@ def test_promotion_to_hnsw_is_built_without_holding_writes(
     """The add that outgrows exact search starts the HNSW build; other writes and searches go on meanwhile
     (against the exact index), and what they changed is in the index that takes over."""
     store = open_store(exact_max=300)
-    if store._db.shared:
-        pytest.xfail("on PostgreSQL (the central) a write during the promotion build still waits for it")
     store.create_collection("c", face_model_version=MODEL, dim=DIM, arn="arn:c")
     first = SYN.sample(np.arange(300), stream=20)
     ids = [f.face_id for f in store.add_faces("c", new_faces(first), model_version=MODEL)]
