@@ -2,10 +2,11 @@
 
 Two daemons run as `edge-face serve` in their own processes over copies of one 10k-face collection:
 one on its defaults (on a CPU with int8 dot products: int8-dynamic + flip) and one on fp32 without
-the mirror pass (the default of AVX2-only CPUs). A single client then takes each photo in turn to
-the default daemon, to the fp32 daemon, and through face_recognition (HOG, its ResNet, a linear
-search over as many encodings as the collection holds) in this process, so a noisy neighbour
-slows all three alike; 250x250 LFW photos and 640x480 kiosk frames (`bench.photos`). Then 1 and 4
+the mirror pass (the default of AVX2-only CPUs). A single client then takes each block of ten photos
+in turn to the default daemon, to the fp32 daemon, and through face_recognition (HOG, its ResNet, a
+linear search over as many encodings as the collection holds) in this process, so a noisy neighbour
+slows all three alike (`--block 1`: photo by photo); 250x250 LFW photos and 640x480 kiosk frames
+(`bench.photos`). Then 1 and 4
 client threads call each daemon back to back, for the gain from the second core.
 
 Besides wall-clock latency it records CPU time: the daemon's (from /proc, per request over a set)
@@ -199,28 +200,35 @@ def _ms(seconds: list[float], q: float) -> float:
 
 
 def side_by_side(daemons: dict[str, Daemon], peer: FaceRecognitionSearch, photos: list[bytes],
-                 warmup: int) -> dict[str, Any]:
-    """Every photo through every daemon and face_recognition in turn; wall and CPU time of each."""
+                 warmup: int, block: int) -> dict[str, Any]:
+    """The photos in blocks of `block`: each block through every daemon and then face_recognition in turn;
+    wall and CPU time of each. Blocks share slow changes of the machine's load between them alike; within a
+    block each runs as it runs alone (with 1, face_recognition's pass between two searches empties the
+    caches a daemon serving a door keeps warm)."""
     wall: dict[str, list[float]] = {name: [] for name in [*daemons, "face_recognition"]}
     cpu = dict.fromkeys(wall, 0.0)
     no_face = dict.fromkeys(wall, 0)
     client_cpu = dict.fromkeys(daemons, 0.0)
     stages = {name: daemon.stage_sums() for name, daemon in daemons.items()}
-    for i, photo in enumerate(photos[:warmup] + photos):
+    sequence = photos[:warmup] + photos
+    for start in range(0, len(sequence), block):
+        chunk = list(enumerate(sequence[start:start + block], start))
         for name, daemon in daemons.items():
-            started, daemon_cpu, own_cpu = time.perf_counter(), daemon.cpu_seconds(), time.process_time()
-            found = daemon.search(photo)
+            for i, photo in chunk:
+                started, daemon_cpu, own_cpu = time.perf_counter(), daemon.cpu_seconds(), time.process_time()
+                found = daemon.search(photo)
+                if i >= warmup:
+                    wall[name].append(time.perf_counter() - started)
+                    no_face[name] += not found
+                    cpu[name] += daemon.cpu_seconds() - daemon_cpu
+                    client_cpu[name] += time.process_time() - own_cpu
+        for i, photo in chunk:
+            started, own_cpu = time.perf_counter(), time.process_time()
+            found = peer.search(photo)
             if i >= warmup:
-                wall[name].append(time.perf_counter() - started)
-                no_face[name] += not found
-                cpu[name] += daemon.cpu_seconds() - daemon_cpu
-                client_cpu[name] += time.process_time() - own_cpu
-        started, own_cpu = time.perf_counter(), time.process_time()
-        found = peer.search(photo)
-        if i >= warmup:
-            wall["face_recognition"].append(time.perf_counter() - started)
-            no_face["face_recognition"] += not found
-            cpu["face_recognition"] += time.process_time() - own_cpu
+                wall["face_recognition"].append(time.perf_counter() - started)
+                no_face["face_recognition"] += not found
+                cpu["face_recognition"] += time.process_time() - own_cpu
     n = len(photos)
     rows: dict[str, Any] = {}
     for name, seconds in wall.items():
@@ -235,7 +243,7 @@ def side_by_side(daemons: dict[str, Daemon], peer: FaceRecognitionSearch, photos
     for name in daemons:
         rows[name]["speedup_p50"] = round(peer_row["p50_ms"] / rows[name]["p50_ms"], 2)
         rows[name]["speedup_cpu"] = round(peer_row["cpu_ms_per_photo"] / rows[name]["cpu_ms_per_photo"], 2)
-    return {"photos": n, **rows}
+    return {"photos": n, "block": block, **rows}
 
 
 def load(daemon: Daemon, photos: list[bytes], concurrency: int, duration: float) -> dict[str, Any]:
@@ -330,6 +338,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load level")
     parser.add_argument("--concurrency", default="1,4")
+    parser.add_argument("--block", type=int, default=10,
+                        help="photos each takes in turn before the next (1: photo by photo)")
     parser.add_argument("--data", type=Path, default=data_root())
     args = parser.parse_args()
     settings = Settings()
@@ -359,7 +369,7 @@ def main() -> None:
             peer = FaceRecognitionSearch(result["collection"]["faces"])
             result["single_client"] = {}
             for label, photos in sets.items():
-                result["single_client"][label] = side_by_side(daemons, peer, photos, args.warmup)
+                result["single_client"][label] = side_by_side(daemons, peer, photos, args.warmup, args.block)
                 print(label, json.dumps(result["single_client"][label]), flush=True)
             result["load"] = {}
             for name, daemon in daemons.items():

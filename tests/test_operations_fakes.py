@@ -19,6 +19,8 @@ from edge.config import ServiceSettings
 from edge.rekognition.operations import OPERATIONS, Rekognition
 from edge.rekognition.tokens import token_secret
 from edge.store import Store
+from edge.vision import pipeline
+from edge.vision.quality import measure_quality
 
 
 def image(data: bytes) -> dict[str, str]:
@@ -106,15 +108,21 @@ def test_the_table_lets_read_only_keys_change_nothing() -> None:
 
 def test_a_search_of_a_group_photo_analyses_only_its_largest_face(ops: Rekognition, door: dict[str, str],
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rekognition searches with the largest face and reports no other: the rest cost no landmarks."""
+    """Rekognition searches with the largest face and reports no other: the rest cost no landmarks, and
+    without a quality filter its quality is not measured."""
     meshed: list[int] = []
     landmarks = ops.pipeline.mesh.landmarks
     monkeypatch.setattr(ops.pipeline.mesh, "landmarks",
                         lambda rgb, det: meshed.append(int(det.box[2])) or landmarks(rgb, det))
+    measured: list[int] = []
+    monkeypatch.setattr(pipeline, "measure_quality", lambda chip: measured.append(1) or measure_quality(chip))
     group = image(photo(("cyd", 20, 20, 90), ("ann", 200, 100, 220), ("bob", 480, 40, 100)))
     found = ops.call("SearchFacesByImage", {"CollectionId": "door", "Image": group})
     assert [m["Face"]["ExternalImageId"] for m in found["FaceMatches"]] == ["ann"]
-    assert meshed == [220]
+    assert meshed == [220] and measured == []
+    filtered = ops.call("SearchFacesByImage", {"CollectionId": "door", "Image": group, "QualityFilter": "HIGH"})
+    assert len(filtered["FaceMatches"]) == 1 and measured == [1]
+    meshed.clear()
     meshed.clear()
     compared = ops.call("CompareFaces", {"SourceImage": group, "TargetImage": group})
     assert len(compared["FaceMatches"]) == 1 and len(compared["UnmatchedFaces"]) == 2

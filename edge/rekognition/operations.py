@@ -376,6 +376,8 @@ class Rekognition:
 
     @staticmethod
     def _reasons(level: QualityFilter, image: DecodedImage, face: Face) -> list[str]:
+        if level == QualityFilter.NONE:
+            return []  # without measuring the face: its pose and quality are computed only when asked for
         return filter_reasons(level, confidence=face.confidence, box_side=face.box_side(image), pose=face.pose,
                               quality=face.quality)
 
