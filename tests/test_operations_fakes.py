@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fakes import fake_pipeline, photo
 
@@ -20,7 +21,8 @@ from edge.rekognition.operations import OPERATIONS, Rekognition
 from edge.rekognition.tokens import token_secret
 from edge.store import Store
 from edge.vision import pipeline
-from edge.vision.quality import measure_quality
+from edge.vision.detector import Detection
+from edge.vision.quality import Quality, measure_quality
 
 
 def image(data: bytes) -> dict[str, str]:
@@ -111,11 +113,19 @@ def test_a_search_of_a_group_photo_analyses_only_its_largest_face(ops: Rekogniti
     """Rekognition searches with the largest face and reports no other: the rest cost no landmarks, and
     without a quality filter its quality is not measured."""
     meshed: list[int] = []
-    landmarks = ops.pipeline.mesh.landmarks
-    monkeypatch.setattr(ops.pipeline.mesh, "landmarks",
-                        lambda rgb, det: meshed.append(int(det.box[2])) or landmarks(rgb, det))
     measured: list[int] = []
-    monkeypatch.setattr(pipeline, "measure_quality", lambda chip: measured.append(1) or measure_quality(chip))
+    landmarks = ops.pipeline.mesh.landmarks
+
+    def counted_landmarks(rgb: np.ndarray, det: Detection) -> tuple[np.ndarray, float]:
+        meshed.append(int(det.box[2]))
+        return landmarks(rgb, det)
+
+    def counted_quality(chip: np.ndarray) -> Quality:
+        measured.append(1)
+        return measure_quality(chip)
+
+    monkeypatch.setattr(ops.pipeline.mesh, "landmarks", counted_landmarks)
+    monkeypatch.setattr(pipeline, "measure_quality", counted_quality)
     group = image(photo(("cyd", 20, 20, 90), ("ann", 200, 100, 220), ("bob", 480, 40, 100)))
     found = ops.call("SearchFacesByImage", {"CollectionId": "door", "Image": group})
     assert [m["Face"]["ExternalImageId"] for m in found["FaceMatches"]] == ["ann"]
