@@ -340,6 +340,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4")
     parser.add_argument("--block", type=int, default=10,
                         help="photos each takes in turn before the next (1: photo by photo)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "http.json")
     parser.add_argument("--data", type=Path, default=data_root())
     args = parser.parse_args()
     settings = Settings()
@@ -381,8 +382,8 @@ def main() -> None:
             for daemon in daemons.values():
                 daemon.close()
     result["load_average_after"] = os.getloadavg()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "http.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(result))
 
 
