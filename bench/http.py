@@ -2,7 +2,7 @@
 
 Two daemons run as `edge-face serve` in their own processes over copies of one 10k-face collection:
 one on its defaults (on a CPU with int8 dot products: int8-dynamic + flip) and one on fp32 without
-the mirror pass (the default of AVX2-only CPUs). A single client then takes each block of ten photos
+the mirror pass (the default of AVX2-only CPUs). A single client then takes each block of fifty photos
 in turn to the default daemon, to the fp32 daemon, and through face_recognition (HOG, its ResNet, a
 linear search over as many encodings as the collection holds) in this process, so a noisy neighbour
 slows all three alike (`--block 1`: photo by photo); 250x250 LFW photos and 640x480 kiosk frames
@@ -338,7 +338,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load level")
     parser.add_argument("--concurrency", default="1,4")
-    parser.add_argument("--block", type=int, default=10,
+    parser.add_argument("--block", type=int, default=50,
                         help="photos each takes in turn before the next (1: photo by photo)")
     parser.add_argument("--out", type=Path, default=RESULTS / "http.json")
     parser.add_argument("--data", type=Path, default=data_root())
