@@ -226,7 +226,7 @@ def test_enrolment_load_while_devices_sync(people: list[list[Path]], tmp_path: P
         central.client().create_collection(CollectionId="door")
         devices = [_start_device(tmp_path / name, _provision(central, tmp_path / f"{name}-provision", name))
                    for name in ("door-1", "door-2")]
-        photos = [p for person in people[:12] for p in person[:4]]
+        photos = [p for person in people[:24] for p in person[:4]]
 
         def enrol(part: list[Path]) -> None:
             client = central.client()
@@ -240,7 +240,7 @@ def test_enrolment_load_while_devices_sync(people: list[list[Path]], tmp_path: P
         seen: set[int] = set()
         while any(worker.is_alive() for worker in workers):  # the devices sync meanwhile
             seen.update(_sync(device).get("applied_seq", 0) for device in devices)
-            time.sleep(0.2)
+            time.sleep(0.05)
         for worker in workers:
             worker.join()
         faces = central.client().list_faces(CollectionId="door", MaxResults=4096)["Faces"]
