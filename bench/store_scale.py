@@ -70,12 +70,13 @@ def serve(state_dir: Path, queries_file: Path, params: HnswParams) -> dict[str, 
     after_open = _memory_mb()["VmRSS"]
     queries = np.load(queries_file)
     store.search(COLLECTION, queries[0], model_version=MODEL, k=K)  # first touch of the pages
-    latencies, top1 = [], []
+    latencies, top1, top1_similarity = [], [], []
     for query in queries:
         start = time.perf_counter()
         hits = store.search(COLLECTION, query, model_version=MODEL, k=K)
         latencies.append(time.perf_counter() - start)
         top1.append(hits[0].face.face_id)
+        top1_similarity.append(hits[0].similarity)
     store.close()
     return {
         "open_s": round(open_s, 3),
@@ -85,35 +86,51 @@ def serve(state_dir: Path, queries_file: Path, params: HnswParams) -> dict[str, 
         "rss_after_open_mb": round(after_open, 1),
         "rss_peak_mb": round(_memory_mb()["VmHWM"], 1),
         "top1": top1,
+        "top1_similarity": top1_similarity,
     }
 
 
 def measure(
-    size: int, dim: int, queries: int, workdir: Path, params: HnswParams, efs: list[int | None]
+    size: int, dim: int, queries: int, workdir: Path, params: HnswParams, efs: list[int | None],
+    built: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Build one store, then serve it once per search breadth `ef`; one result row per ef."""
+    """Build one store, then serve it once per search breadth `ef`; one result row per ef.
+
+    `built`: the build row of a store this benchmark left in `workdir` before; it is served again (at
+    other breadths) instead of rebuilt, and a search counts as right when its top similarity is the
+    exact one (the faces' ids of that build are not kept)."""
     state_dir = workdir / f"store-{size}-{dim}"
-    shutil.rmtree(state_dir, ignore_errors=True)
     syn = SyntheticFaces(dim, -(-size // FACES_PER_IDENTITY), seed=size + dim)
     data = np.empty((size, dim), dtype=np.float32)
     face_ids: list[str] = []
-
-    store = Store(state_dir, hnsw=params, checkpoint_interval_s=None)
-    store.create_collection(COLLECTION, face_model_version=MODEL, dim=dim, arn=f"arn:bench:{size}:{dim}")
-    build_s = 0.0
-    for start in range(0, size, BATCH):
-        rows = np.arange(start, min(start + BATCH, size))
-        data[rows] = syn.sample(rows // FACES_PER_IDENTITY, stream=start)
+    if built is not None:
+        for start in range(0, size, BATCH):
+            rows = np.arange(start, min(start + BATCH, size))
+            data[rows] = syn.sample(rows // FACES_PER_IDENTITY, stream=start)
+        build_s, close_s = built["build_s"], built["close_s"]
+    else:
+        shutil.rmtree(state_dir, ignore_errors=True)
+        store = Store(state_dir, hnsw=params, checkpoint_interval_s=None)
+        store.create_collection(COLLECTION, face_model_version=MODEL, dim=dim, arn=f"arn:bench:{size}:{dim}")
+        build_s = 0.0
+        for start in range(0, size, BATCH):
+            rows = np.arange(start, min(start + BATCH, size))
+            data[rows] = syn.sample(rows // FACES_PER_IDENTITY, stream=start)
+            begin = time.perf_counter()
+            face_ids += [f.face_id for f in store.add_faces(COLLECTION, new_faces(data[rows]), model_version=MODEL)]
+            build_s += time.perf_counter() - begin
         begin = time.perf_counter()
-        face_ids += [f.face_id for f in store.add_faces(COLLECTION, new_faces(data[rows]), model_version=MODEL)]
-        build_s += time.perf_counter() - begin
-    begin = time.perf_counter()
-    store.close()
-    close_s = time.perf_counter() - begin
+        store.close()
+        close_s = time.perf_counter() - begin
 
     identities = np.random.default_rng(size * dim).integers(0, len(syn.centres), queries)
     probe = syn.sample(identities, stream=QUERY_STREAM)
-    truth = np.concatenate([np.argmax(chunk @ data.T, axis=1) for chunk in np.array_split(probe, 20)])
+    truth_parts, best_parts = [], []
+    for chunk in np.array_split(probe, 20):
+        scores = chunk @ data.T
+        truth_parts.append(np.argmax(scores, axis=1))
+        best_parts.append(np.max(scores, axis=1))
+    truth, best = np.concatenate(truth_parts), np.concatenate(best_parts)
     exact = ExactIndex(dim)
     exact.add(np.arange(size, dtype=np.int64), data)
     exact_latencies = []
@@ -138,22 +155,27 @@ def measure(
             text=True,
         )
         served = json.loads(child.stdout)
-        top_rows = np.array([row_of[face_id] for face_id in served.pop("top1")])
+        top1, top_similarity = served.pop("top1"), np.array(served.pop("top1_similarity"))
+        if built is None:
+            top_rows = np.array([row_of[face_id] for face_id in top1])
+            recall, same_person = np.mean(top_rows == truth), np.mean(top_rows // FACES_PER_IDENTITY == identities)
+        else:
+            recall, same_person = np.mean(np.abs(top_similarity - best) < 1e-5), np.nan
         results.append(
             {
                 "faces": size,
                 "dim": dim,
                 "m": params.m,
                 "ef_construction": params.ef_construction,
-                "ef": ef or auto_ef(size),
+                "ef": ef or auto_ef(size, dim),
                 "ef_auto": ef is None,
                 "build_s": round(build_s, 1),
                 "faces_per_s": round(size / build_s),
                 "close_s": round(close_s, 2),
                 **served,
                 "exact_p50_ms": _percentile_ms(exact_latencies, 50),
-                "recall_at_1": round(float(np.mean(top_rows == truth)), 4),
-                "identity_at_1": round(float(np.mean(top_rows // FACES_PER_IDENTITY == identities)), 4),
+                "recall_at_1": round(float(recall), 4),
+                "identity_at_1": None if built is not None else round(float(same_person), 4),
                 "disk_bytes": _disk_bytes(state_dir),
                 "queries": queries,
             }
@@ -196,6 +218,8 @@ def main() -> None:
     parser.add_argument("--ef-construction", type=int, default=defaults.ef_construction)
     parser.add_argument("--efs", default="auto", help="comma-separated search breadths, `auto` for the store's own")
     parser.add_argument("--workdir", type=Path, help="where stores are built (default: a temporary folder)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="serve the stores an earlier run left in --workdir at other --efs instead of rebuilding")
     parser.add_argument("--out", type=Path, default=RESULTS / "store_scale.json")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--queries-file", type=Path, help=argparse.SUPPRESS)
@@ -207,16 +231,22 @@ def main() -> None:
         return
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="store-scale-"))
+    previous = json.loads(args.out.read_text())["runs"] if args.out.is_file() else []
     rows = []
     try:
         for size in map(int, args.sizes.split(",")):
             for dim in map(int, args.dims.split(",")):
-                rows += measure(size, dim, args.queries, workdir, params, efs)
+                built = None
+                if args.reuse:
+                    built = next((r for r in previous if (r["faces"], r["dim"], r.get("m"), r.get("ef_construction"))
+                                  == (size, dim, params.m, params.ef_construction)), None)
+                    if built is None or not (workdir / f"store-{size}-{dim}").is_dir():
+                        raise SystemExit(f"--reuse: no store of {size} x {dim} with these parameters in {workdir}")
+                rows += measure(size, dim, args.queries, workdir, params, efs, built)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    previous = json.loads(args.out.read_text())["runs"] if args.out.is_file() else []
     fresh = {_key(r) for r in rows}
     runs = [r for r in previous if _key(r) not in fresh] + rows
     args.out.parent.mkdir(parents=True, exist_ok=True)

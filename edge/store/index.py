@@ -143,15 +143,17 @@ class HnswParams:
 
 EF_MIN = 32
 EF_SQRT_DIVISOR = 8
-"""ef = max(EF_MIN, sqrt(elements) / EF_SQRT_DIVISOR): on clustered faces (bench/store_scale.py, M 32) the
-breadth for a given recall@1 grew as the square root of the graph's size, and this rule kept recall@1
-at or above 0.998 from 100k to 1M faces (README)."""
+EF_REFERENCE_DIM = 128
+"""ef = max(EF_MIN, sqrt(elements) / EF_SQRT_DIVISOR * max(1, dim / EF_REFERENCE_DIM)): on clustered faces
+(bench/store_scale.py, M 32) the breadth for a given recall@1 grew as the square root of the graph's size at
+128 dimensions, and at 1M faces 512 dimensions needed about four times the breadth of 128 (README)."""
 
 
-def auto_ef(elements: int) -> int:
-    """The search breadth for a graph of this many elements: a bigger graph needs a wider search
-    for the same recall, and a small one should not pay for a 1M-face breadth."""
-    return max(EF_MIN, math.ceil(math.sqrt(elements) / EF_SQRT_DIVISOR))
+def auto_ef(elements: int, dim: int) -> int:
+    """The search breadth for a graph of this many elements of this width: a bigger graph, and wider
+    vectors, need a wider search for the same recall, and a small one should not pay for a 1M-face breadth."""
+    widening = max(1.0, dim / EF_REFERENCE_DIM)
+    return max(EF_MIN, math.ceil(math.sqrt(elements) / EF_SQRT_DIVISOR * widening))
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +224,7 @@ class HnswIndex:
 
     def _retune(self) -> None:
         """Follow the graph's size (deleted slots are still walked); callers hold off searches."""
-        self._raw.set_ef(self._params.ef or auto_ef(self.element_count))
+        self._raw.set_ef(self._params.ef or auto_ef(self.element_count, int(self._raw.dim)))
 
     def add(self, labels: Labels, vectors: Vector) -> None:
         reused = min(len(labels), self._deleted)
