@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,11 @@ from edge.evaluation.calibrate import (
     CV_REPEATS,
     CV_SEED,
     USER_FACES,
+    CutOffSpread,
     ImpostorPairs,
     clopper_pearson,
     cross_validated_calibration,
+    depth,
     estimate_margin,
     fit_calibration,
     fit_plain,
@@ -28,6 +31,11 @@ from edge.evaluation.calibrate import (
 from edge.similarity import SimilarityCalibration
 
 CALIBRATIONS = Path(__file__).resolve().parents[1] / "models" / "calibration"
+
+
+def _sf(z: np.ndarray) -> np.ndarray:
+    """Standard normal upper tail."""
+    return np.array([0.5 * math.erfc(v / math.sqrt(2)) for v in np.atleast_1d(z)])
 
 
 def population(seed: int, people: int = 200, photos: int = 4, dim: int = 24) -> tuple[np.ndarray, np.ndarray]:
@@ -91,10 +99,38 @@ def test_the_margin_is_how_far_fitted_curves_over_promise_on_other_people(pairs:
     assert np.all(np.diff(honest.points) >= 0) and np.all(honest.points >= 0)
 
 
+def test_the_cut_offs_spread_is_recovered_and_its_margin_keeps_the_promise_deeper_than_measured() -> None:
+    """Out-of-fold FMR as a cut-off spreading like a location-scale estimate delivers it, measured
+    only from Similarity 50 to 76: the fit finds the spread, and the margin it implies at 80 and 90
+    brings the mean FMR on unseen people back to nominal."""
+    true = CutOffSpread(a=0.002, b=0.015, z0=2.6)
+    levels = np.arange(50.0, 76.1, 2.0)
+    z = depth(levels)
+    delivered = _sf(z / np.sqrt(1 + true.tau2(z)))
+    fitted = CutOffSpread.fit(levels, delivered, np.full(len(levels), 20.0))
+    assert (fitted.a, fitted.b, fitted.z0) == pytest.approx((true.a, true.b, true.z0), rel=0.05, abs=1e-3)
+    knots = np.array([60.0, 70.0, 80.0, 90.0])
+    margin = fitted.margin(knots)
+    z_g = depth(knots + margin)
+    assert _sf(z_g / np.sqrt(1 + true.tau2(z_g))) == pytest.approx(10 ** ((30 - knots) / 10), rel=0.02)
+    assert np.all(np.diff(np.diff(margin)) > 0)  # faster than linearly with depth
+
+
+def test_the_spread_is_never_negative_even_where_curves_undershoot() -> None:
+    levels = np.arange(50.0, 72.1, 2.0)
+    fitted = CutOffSpread.fit(levels, 0.8 * 10 ** ((30 - levels) / 10), np.full(len(levels), 20.0))
+    assert fitted.a >= 0 and fitted.b >= 0
+    assert np.all(fitted.margin(knot_similarities()) >= 0)
+
+
 def test_the_published_curve_is_the_fit_with_the_margin_built_in(pairs: ImpostorPairs) -> None:
     published, report = cross_validated_calibration(pairs, repeats=2)
     margin = np.array(report["margin"]["points"])
     assert published == fit_calibration(pairs.cosines, margin=margin)[0]
+    knots = knot_similarities()
+    deeper = knots > report["margin"]["measured_up_to"]
+    spread = CutOffSpread(**report["margin"]["spread"])
+    assert np.all(margin[deeper] >= np.round(spread.margin(knots[deeper]), 2))  # beyond the data, the model
     assert report["margin"]["repeats"] == 2 and report["margin"]["folds"] == CV_FOLDS
 
 
@@ -144,6 +180,9 @@ def test_committed_maps_record_the_current_procedure(family: str) -> None:
             margin = report["margin"]
             assert (margin["folds"], margin["repeats"], margin["seed"]) == (CV_FOLDS, CV_REPEATS, CV_SEED)
             assert margin["similarity"] == knot_similarities().tolist()
+            deeper = knot_similarities() > margin["measured_up_to"]  # beyond the data, the spread's margin
+            modelled = np.round(CutOffSpread(**margin["spread"]).margin(knot_similarities()[deeper]), 2)
+            assert np.all(np.array(margin["points"])[deeper] >= modelled)
         if family == "dlib_resnet_v1":  # measured for the default embedder; FaceNet's user maps do not show it
             maps = [committed[mode]] + [committed["users"][mode][str(n)] for n in USER_FACES]
             cut_offs = [SimilarityCalibration.from_dict(m).min_cosine(80.0) for m in maps]

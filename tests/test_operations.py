@@ -234,6 +234,29 @@ def test_users(ops: Rekognition, enrolled: dict[str, str], photos: dict[str, lis
     assert ops.call("DescribeCollection", door)["UserCount"] == 1
 
 
+def test_associate_faces_scores_a_face_as_search_users_scores_it_against_the_user(
+        ops: Rekognition, enrolled: dict[str, str], photos: dict[str, list[bytes]]) -> None:
+    """UserMatchThreshold is "the minimum user match confidence": the face against the user (the
+    centroid of its faces, on the map for users of that many faces), the number SearchUsers answers."""
+    door = {"CollectionId": "door"}
+    chan = [enrolled["Jackie_Chan"]] + [
+        ops.call("IndexFaces", {**door, "Image": b64(photos["Jackie_Chan"][i]), "ExternalImageId": "Jackie_Chan"})
+        ["FaceRecords"][0]["Face"]["FaceId"] for i in (1, 3)]
+    ops.call("CreateUser", {**door, "UserId": "chan"})
+    ops.call("AssociateFaces", {**door, "UserId": "chan", "FaceIds": chan[:2], "UserMatchThreshold": 0})
+    searched = ops.call("SearchUsers", {**door, "FaceId": chan[2], "UserMatchThreshold": 0, "MaxUsers": 10})
+    similarity = {m["User"]["UserId"]: m["Similarity"] for m in searched["UserMatches"]}["chan"]
+    assert 30 < similarity < 100  # on the scale, not clipped, so the face map would give another number
+    low = ops.call("AssociateFaces", {**door, "UserId": "chan", "FaceIds": [chan[2]],
+                                      "UserMatchThreshold": similarity + 0.01})
+    (refusal,) = low["UnsuccessfulFaceAssociations"]
+    assert refusal["Reasons"] == ["LOW_MATCH_CONFIDENCE"]
+    assert refusal["Confidence"] == pytest.approx(similarity, abs=1e-4)
+    joined = ops.call("AssociateFaces", {**door, "UserId": "chan", "FaceIds": [chan[2]],
+                                         "UserMatchThreshold": similarity - 0.01})
+    assert joined["AssociatedFaces"] == [{"FaceId": chan[2]}]
+
+
 def test_users_of_three_photos_recognise_new_photos_and_keep_strangers_out(
         ops: Rekognition, photos: dict[str, list[bytes]]) -> None:
     door = {"CollectionId": "door"}

@@ -17,7 +17,9 @@ A curve fitted on some people promises too much on others: the fitted cut-off is
 and the FMR is convex in the cut-off, so on unseen people it is exceeded more often than it is
 undercut, the more so the deeper in the tail.  `cross_validated_calibration` measures that shift by
 fitting on some people and scoring the pairs of the others (folds by person, never by pair), and
-publishes the curve with the measured margin built in.  `out_of_fold_similarity` with
+publishes the curve with the measured margin built in.  The out-of-fold false matches run out a few
+decades down; below that the margin follows a model of why it grows (`CutOffSpread`: the spread of a
+fitted cut-off, a quadratic in the depth z), fitted where it is measured.  `out_of_fold_similarity` with
 `cross_validated_calibration` itself as the fit checks the whole procedure on people it never saw.
 """
 
@@ -38,11 +40,13 @@ from edge.similarity import DEFINITION, SimilarityCalibration, fmr_to_similarity
 TAIL_MODELS = ("gaussian", "gaussian_z", "gpd")
 LEVELS_PER_DECADE = 8
 N_KNOTS = 36
+#: The tail models are fitted to the impostors above this FMR.
+TAIL_FRACTION = 1e-2
 #: The published procedure: folds of people, repeated with different partitions, from this seed.
 CV_FOLDS, CV_REPEATS, CV_SEED = 10, 20, 0
 #: The margin is measured where the out-of-fold false matches involve at least this many pairs of
 #: people (photos of one pair of people are one event, not many); deeper in the tail it follows
-#: the trend of the deepest measured decade of Similarity.
+#: `CutOffSpread`, fitted to the measured knots from the tail's start down.
 MARGIN_MIN_PEOPLE = 5
 #: The check of the whole procedure fits on three fifths of the people and scores the rest.
 CHECK_FOLDS = 5
@@ -195,7 +199,7 @@ def fit_calibration(
     impostor_cosines: np.ndarray,
     *,
     n_knots: int = N_KNOTS,
-    tail_fraction: float = 1e-2,
+    tail_fraction: float = TAIL_FRACTION,
     floor_count: int = 20,
     margin: np.ndarray | None = None,
 ) -> tuple[SimilarityCalibration, dict[str, Any]]:
@@ -374,12 +378,82 @@ def out_of_fold_similarity(pairs: ImpostorPairs, fit: Fit, k: int, seed: int) ->
     return similarity
 
 
+def depth(similarity: np.ndarray) -> np.ndarray:
+    """A Similarity's nominal FMR as a standard normal quantile z (sf(z) = FMR): how deep in the tail."""
+    return _norm_isf(10.0 ** ((30.0 - np.asarray(similarity, dtype=np.float64)) / 10.0))
+
+
+def _nonnegative_least_squares(columns: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float]:
+    """Weighted least squares with every coefficient >= 0, for a few columns: the best of the
+    unconstrained fits on every subset of columns whose coefficients come out non-negative."""
+    best: tuple[np.ndarray, float] = (np.zeros(columns.shape[1]), float(np.sum(w * y**2)))
+    for size in range(1, columns.shape[1] + 1):
+        for subset in itertools.combinations(range(columns.shape[1]), size):
+            a = columns[:, subset]
+            coef = np.linalg.lstsq(a * np.sqrt(w)[:, None], y * np.sqrt(w), rcond=None)[0]
+            sse = float(np.sum(w * (y - a @ coef) ** 2))
+            if np.all(coef >= 0) and sse < best[1]:
+                full = np.zeros(columns.shape[1])
+                full[list(subset)] = coef
+                best = (full, sse)
+    return best
+
+
+@dataclass(frozen=True)
+class CutOffSpread:
+    """How far a fitted cut-off strays at depth z: tau(z)^2 = a + b * (z - z0)^2, in units of z.
+
+    A curve fitted on a sample of people puts the cut-off it means for depth z at z + e, where e
+    varies from sample to sample; on people it never saw it then delivers on average E[sf(z + e)],
+    which for e ~ N(0, tau^2) is exactly sf(z / sqrt(1 + tau^2)).  The tail is fitted as a location
+    and a scale (a straight line on normal-probability paper), and the variance of such an estimate
+    at z is a quadratic in z that is never negative: the form above, whose minimum lies near the
+    middle of the fitted levels.  So the shift grows faster than linearly with depth, and its
+    parameters can be fitted where the out-of-fold false matches measure it and carried deeper.
+    """
+
+    a: float
+    b: float
+    z0: float
+
+    def tau2(self, z: np.ndarray) -> np.ndarray:
+        return self.a + self.b * (np.asarray(z, dtype=np.float64) - self.z0) ** 2
+
+    @classmethod
+    def fit(cls, fitted: np.ndarray, out_of_fold_fmr: np.ndarray, events: np.ndarray) -> CutOffSpread:
+        """From fitted curves' Similarity levels, the mean out-of-fold FMR each delivered, and the number
+        of independent events (pairs of people) behind each; weighted by the inverse variance of the
+        observed tau^2, which is about events * z^4 (Poisson counts, d log sf / dz ~ -z)."""
+        z = depth(fitted)
+        observed = (z / _norm_isf(out_of_fold_fmr)) ** 2 - 1.0
+        weights = events * z**4
+        best: tuple[float, CutOffSpread] = (math.inf, cls(0.0, 0.0, 0.0))
+        for z0 in np.round(np.arange(0.0, 6.0 + 1e-9, 0.01), 2):
+            (a, b), sse = _nonnegative_least_squares(np.stack([np.ones_like(z), (z - z0) ** 2], 1), observed,
+                                                     weights)
+            if sse < best[0]:
+                best = (sse, cls(float(a), float(b), float(z0)))
+        return best[1]
+
+    def margin(self, knots: np.ndarray) -> np.ndarray:
+        """Per knot t, how much higher the fitted curve's level g must be for its mean FMR on unseen
+        people, sf(z_g / sqrt(1 + tau(z_g)^2)), to be t's nominal FMR."""
+        z = depth(knots)
+        z_g = z.copy()
+        for _ in range(100):  # fixed point of z_g = z * sqrt(1 + tau(z_g)^2); tau changes slowly with z
+            z_g = z * np.sqrt(1.0 + self.tau2(z_g))
+        level = 30.0 - 10.0 * np.log10(np.maximum(_norm_sf(z_g), 1e-300))
+        return np.where(z > 0, np.maximum(level - knots, 0.0), 0.0)
+
+
 @dataclass(frozen=True)
 class Margin:
     """How many Similarity points each knot must move to keep its FMR on unseen people."""
 
     points: np.ndarray  # per knot of `knot_similarities()`, non-negative and non-decreasing
-    measured_up_to: float  # deepest knot measured; deeper knots extend its trend
+    measured_up_to: float  # deepest knot measured; deeper knots take `modelled`
+    spread: CutOffSpread  # fitted to the measured knots from the tail's start down
+    modelled: np.ndarray  # per knot, the margin `spread` implies
     out_of_fold_fmr: dict[str, float]  # mean out-of-fold FMR of the plain curve at 60, 70, ...
 
 
@@ -387,7 +461,8 @@ def estimate_margin(pairs: ImpostorPairs, *, k: int = CV_FOLDS, repeats: int = C
                     min_people: int = MARGIN_MIN_PEOPLE, n_knots: int = N_KNOTS, fit: Fit = fit_plain) -> Margin:
     """Fit on some people, score the others, over `repeats` partitions; for each nominal Similarity t,
     the margin is how far up the fitted curves' scale one must go for the mean out-of-fold FMR to be
-    at most t's nominal FMR."""
+    at most t's nominal FMR.  Deeper than the out-of-fold false matches measure, the margin is what
+    the cut-offs' spread (`CutOffSpread`), fitted to the measured knots, implies."""
     grid = np.round(np.arange(30.0, 100.0 + 1e-9, 0.05), 2)
     exceed, people_pairs = np.zeros(len(grid)), np.zeros(len(grid))
     pair_id = np.minimum(pairs.person_a, pairs.person_b) * (int(pairs.people().max()) + 1) + np.maximum(
@@ -405,16 +480,15 @@ def estimate_margin(pairs: ImpostorPairs, *, k: int = CV_FOLDS, repeats: int = C
     first_kept = np.minimum(np.searchsorted(-fmr, -nominal, side="left"), len(grid) - 1)  # fmr never rises
     measured = people_pairs[first_kept] >= min_people
     last = int(np.flatnonzero(measured)[-1])
-    points = np.zeros(n_knots)
+    at_knot = np.searchsorted(grid, knots - 1e-6)
+    usable = (knots >= fmr_to_similarity(TAIL_FRACTION)) & (people_pairs[at_knot] >= min_people) & (fmr[at_knot] > 0)
+    spread = CutOffSpread.fit(knots[usable], fmr[at_knot[usable]], people_pairs[at_knot[usable]])
+    modelled = spread.margin(knots)
+    points = modelled.copy()
     points[: last + 1] = grid[first_kept[: last + 1]] - knots[: last + 1]
-    # The shift grows with depth (the fitted cut-off's spread widens and the tail steepens), so the
-    # unmeasured knots continue the least-squares line through the deepest measured decade.
-    decade = measured & (knots >= knots[last] - 10)
-    slope = max(float(np.polyfit(knots[decade], points[decade], 1)[0]), 0.0) if decade.sum() > 1 else 0.0
-    points[last + 1 :] = points[last] + slope * (knots[last + 1 :] - knots[last])
     points = np.maximum.accumulate(np.maximum(points, 0.0))
     at = {f"{t:g}": float(fmr[np.searchsorted(grid, t)]) for t in (60.0, 70.0, 80.0, 90.0)}
-    return Margin(np.round(points, 2), float(knots[last]), at)
+    return Margin(np.round(points, 2), float(knots[last]), spread, np.round(modelled, 2), at)
 
 
 def cross_validated_calibration(pairs: ImpostorPairs, **cv: Any) -> tuple[SimilarityCalibration, dict[str, Any]]:
@@ -423,7 +497,10 @@ def cross_validated_calibration(pairs: ImpostorPairs, **cv: Any) -> tuple[Simila
     cal, report = fit_calibration(pairs.cosines, margin=margin.points)
     report["margin"] = {
         "similarity": knot_similarities().tolist(), "points": margin.points.tolist(),
-        "measured_up_to": margin.measured_up_to, "beyond": "linear trend of the deepest measured decade",
+        "measured_up_to": margin.measured_up_to,
+        "beyond": "tau(z)^2 = a + b (z - z0)^2 fitted to the measured knots (CutOffSpread)",
+        "spread": {"a": margin.spread.a, "b": margin.spread.b, "z0": margin.spread.z0},
+        "modelled": margin.modelled.tolist(),
         "plain_curve_out_of_fold_fmr": margin.out_of_fold_fmr,
         "folds": cv.get("k", CV_FOLDS), "repeats": cv.get("repeats", CV_REPEATS), "seed": cv.get("seed", CV_SEED),
     }

@@ -280,7 +280,7 @@ class Rekognition:
         current = self.store.list_faces(cid, user_id=user_id, limit=MAX_FACES_PER_USER + 1)[0]
         if len(current) + sum(1 for fid in known if known[fid].user_id is None) > MAX_FACES_PER_USER:
             raise errors.ServiceQuotaExceededException(f"A user can have at most {MAX_FACES_PER_USER} faces")
-        min_cosine = self.similarity.min_cosine(p.get("UserMatchThreshold", 75.0))
+        threshold = p.get("UserMatchThreshold", 75.0)
         gallery = np.stack([self.store.get_face_vector(cid, f.face_id) for f in current]) if current else None
         candidates, low = [], []
         for fid in requested:
@@ -288,10 +288,11 @@ class Rekognition:
             if face is None or face.user_id not in (None, user_id):
                 continue
             if gallery is not None and face.user_id is None:
-                best = float(np.max(gallery @ self.store.get_face_vector(cid, fid)))
-                if best < min_cosine:
+                # "the minimum user match confidence": the face against the user, as SearchUsers scores it
+                confidence = users.user_similarity(self._user_maps(), gallery, self.store.get_face_vector(cid, fid))
+                if confidence < threshold:
                     low.append({"FaceId": fid, "UserId": user_id, "Reasons": ["LOW_MATCH_CONFIDENCE"],
-                                "Confidence": float(self.similarity.similarity(best))})
+                                "Confidence": confidence})
                     continue
             candidates.append(fid)
         result = self.store.associate_faces(cid, user_id, candidates) if candidates else None
@@ -396,16 +397,20 @@ class Rekognition:
     def _search_users(self, cid: str, queries: Sequence[np.ndarray], threshold: float, max_users: int,
                       model_version: str, exclude: str | None) -> list[dict[str, Any]]:
         """Users ranked by the best query's Similarity to the centroid of their faces (edge.rekognition.users)."""
-        maps = self.pipeline.embedder.user_similarity
-        if not maps:
-            raise RuntimeError(f"face model {self.pipeline.face_model_version} has no user calibration: "
-                               "run `make models`")
-        ranked = users.search_users(self.store, cid, queries, model_version=model_version, maps=maps,
+        ranked = users.search_users(self.store, cid, queries, model_version=model_version, maps=self._user_maps(),
                                     threshold=threshold, max_users=max_users,
                                     max_faces_per_user=MAX_FACES_PER_USER, exclude=exclude)
         return [{"Similarity": m.similarity,
                  "User": {"UserId": m.user_id, "UserStatus": self.store.get_user(cid, m.user_id).status}}
                 for m in ranked]
+
+    def _user_maps(self) -> dict[int, SimilarityCalibration]:
+        """The Similarity maps for a photo against users of n faces (edge.rekognition.users)."""
+        maps = self.pipeline.embedder.user_similarity
+        if not maps:
+            raise RuntimeError(f"face model {self.pipeline.face_model_version} has no user calibration: "
+                               "run `make models`")
+        return maps
 
     def _open_token(self, scope: str, p: dict[str, Any]) -> str:
         return self._tokens.open(scope, p["NextToken"])

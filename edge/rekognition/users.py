@@ -32,6 +32,14 @@ def centroid(vectors: np.ndarray) -> np.ndarray:
     return (total / np.linalg.norm(total)).astype(np.float32)
 
 
+def user_similarity(maps: Mapping[int, SimilarityCalibration], faces: np.ndarray, queries: np.ndarray) -> float:
+    """How well the best of `queries` matches a user of `faces`: its cosine to their centroid on the map
+    for users of that many faces (`maps[n]`; more faces than any key use the largest).  SearchUsers
+    ranks users by it and AssociateFaces compares it with UserMatchThreshold."""
+    cosine = float(np.max(np.atleast_2d(queries) @ centroid(faces)))
+    return float(maps[min(len(faces), max(maps))].similarity(cosine))
+
+
 @dataclass(frozen=True)
 class UserMatch:
     user_id: str
@@ -47,11 +55,6 @@ def search_users(store: Store, collection_id: str, queries: Sequence[np.ndarray]
     the largest). Candidates are taken best face first; once `max_users` are kept, a user whose
     best face could not lift its centroid above the last kept one ends the search.
     """
-    largest = max(maps)
-
-    def user_map(n_faces: int) -> SimilarityCalibration:
-        return maps[min(n_faces, largest)]
-
     def ceiling(best_face: float) -> float:
         """The highest Similarity any user with this best face could reach."""
         return max(m.similarity(min(best_face / COHESION, 1.0)) for m in maps.values())
@@ -71,7 +74,7 @@ def search_users(store: Store, collection_id: str, queries: Sequence[np.ndarray]
             break
         faces = store.list_faces(collection_id, user_id=user, limit=max_faces_per_user)[0]
         vectors = np.stack([store.get_face_vector(collection_id, f.face_id) for f in faces])
-        similarity = float(user_map(len(faces)).similarity(float(np.max(query_matrix @ centroid(vectors)))))
+        similarity = user_similarity(maps, vectors, query_matrix)
         if similarity >= threshold:
             kept.append(UserMatch(user, similarity))
             kept.sort(key=lambda m: -m.similarity)
