@@ -197,6 +197,7 @@ def run(data: Path, threads: int, photos: int, peer: bool) -> dict[str, Any]:
     result["embedder"] = {"fp32": embedder_roofline(embedders["default"].artifact.family, default_settings.model_dir,
                                                     threads)}
     result["mirror_pair_ms"] = mirror_pair(default_settings.model_dir, threads)
+    result["detector_after_ms"] = detector_after_traffic(pipes["default"], data, photos)
     return result
 
 
@@ -257,6 +258,27 @@ def lone_request(data: Path, photos: int) -> dict[str, Any]:
     """The embed stage of both configs on one and two threads, before the one-core pin."""
     shots = photo_sets(data, photos)["250x250"]
     return {name: two_threads(settings, pipe, shots) for name, (settings, pipe) in configs(1).items()}
+
+
+def detector_after_traffic(pipe: Any, data: Path, photos: int) -> dict[str, float]:
+    """The detector on the same photos alone, right after the embedder, and right after 16 MB of memory
+    traffic that runs no model: where the detect stage's time beyond its model goes in a pipeline."""
+    from edge.vision.image import decode_image
+
+    rgbs = [decode_image(p).rgb for p in photo_sets(data, photos)["250x250"]]
+    chip = np.zeros((150, 150, 3), dtype=np.uint8)
+    traffic = np.ones(2_000_000)
+    between: dict[str, Callable[[], object]] = {
+        "alone": lambda: None, "after_the_embedder": lambda: pipe.embedder.embed(chip),
+        "after_16mb_of_memory_traffic": lambda: (traffic * 1.0).sum()}
+    times: dict[str, list[float]] = {name: [] for name in between}
+    for rgb in rgbs * 3:
+        for name, before in between.items():
+            before()
+            start = time.perf_counter()
+            pipe.detector.detect(rgb)
+            times[name].append(time.perf_counter() - start)
+    return {name: round(1000 * float(np.median(t[len(rgbs):])), 3) for name, t in times.items()}
 
 
 def embedder_roofline(family: str, model_dir: Path, threads: int, runs: int = 100) -> dict[str, float]:
