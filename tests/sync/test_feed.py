@@ -149,8 +149,10 @@ ATTACKS: dict[str, tuple[Callable[[Device], Tamper], str]] = {
     "flipped byte": (lambda d: lambda url, body: _flip(body) if _batch(url) else body, "hash"),
     "truncated batch": (lambda d: lambda url, body: body[:-7] if _batch(url) else body, "hash"),
     "endless data": (lambda d: lambda url, body: body + b"\0" * 4096 if _batch(url) else body, "length"),
+    # TUF refuses a longer replayed bundle as too long and a shorter one by its hash: which one it is
+    # depends on the sizes of two random batches.
     "old bundle replayed": (lambda d: lambda url, body: (
-        next(b for u, b in d.wire.seen.items() if "/targets/" in u) if _batch(url) else body), "length"),
+        next(b for u, b in d.wire.seen.items() if "/targets/" in u) if _batch(url) else body), "length|hash"),
     "metadata rolled back": (lambda d: lambda url, body: (
         next(b for u, b in d.wire.seen.items() if u.endswith("/timestamp.json")) if url.endswith("/timestamp.json")
         else body), "rollback"),
@@ -164,11 +166,12 @@ ATTACKS: dict[str, tuple[Callable[[Device], Tamper], str]] = {
 
 @pytest.mark.parametrize("attack", list(ATTACKS))
 def test_tampered_feed_is_refused_and_the_last_good_state_served(synced: Device, attack: str) -> None:
-    make_tamper, reason = ATTACKS[attack]
+    make_tamper, reasons = ATTACKS[attack]
     before = (synced.external_ids("door"), synced.store.sync_states()["door"].applied_seq)
     synced.wire.tamper = make_tamper(synced)
     status = synced.sync()["door"]
-    assert status["error"]["reason"] == reason, status
+    reason = status["error"]["reason"]
+    assert reason in reasons.split("|"), status
     assert (synced.external_ids("door"), synced.store.sync_states()["door"].applied_seq) == before
     assert synced.store.search("door", _colour("bob"), model_version=MODEL, k=1)[0].similarity > 0.99
     assert synced.syncer.failures() == {("door", reason): 1}
