@@ -1,13 +1,14 @@
 """Time per photo through edge-face's pipeline, stage by stage, beside face_recognition, in one run.
 
 Both run on the same photos (250x250 LFW photos and 640x480 kiosk frames, `bench.photos`) with the
-same thread count, interleaved photo by photo so that a noisy neighbour slows both alike. edge-face
-runs twice: on this CPU's defaults and on fp32 without the mirror pass (the AVX2 default).
+same thread count, in blocks of fifty photos taken in turn, so that a noisy neighbour slows both alike
+and each runs on the caches it keeps warm itself (`--block 1`: photo by photo). edge-face runs twice:
+on this CPU's defaults and on fp32 without the mirror pass (the AVX2 default).
 
-Then each model alone, invoked in a tight loop on its own input, beside the stage that runs it:
-what a stage costs beyond its model is the pre- and post-processing around it (the letterbox, the
-anchor decoding and suppression for detection; the region warp and the output mapping for FaceMesh;
-the chip's normalisation for the embedder). Then the levers: MediaPipe's FaceDetector task against
+Each model is also invoked alone on an input of its shape right after the stage that runs it: what a
+stage costs beyond its model is the pre- and post-processing around it (the letterbox, the anchor
+decoding and suppression for detection; the region warp and the output mapping for FaceMesh; the
+chip's normalisation for the embedder) and the caches the other stages left it. Then the levers: MediaPipe's FaceDetector task against
 the LiteRT detector that replaced it, the embedder on one thread against two (what a lone request
 gains from the second core of an idle device), the chip and its mirror as one batch of two against
 two passes, and the embedder's GMAC/s against the core's fp32 matrix-multiply peak. Results go to
@@ -105,25 +106,29 @@ class ModelsAlone:
 
 
 def stage_times(pipes: dict[str, Any], alone: dict[str, ModelsAlone], photos: list[bytes],
-                fr: Any) -> dict[str, Any]:
-    """Median ms per stage of every config, of its models alone, and of face_recognition, photo by photo
-    interleaved."""
+                fr: Any, block: int) -> dict[str, Any]:
+    """Median ms per stage of every config, of its models alone, and of face_recognition, the photos in
+    blocks of `block` that each config and then face_recognition take in turn (1: photo by photo, where
+    each one runs on the caches the others left)."""
     from edge.vision.pipeline import STAGES
 
     ours: dict[str, dict[str, list[float]]] = {name: {s: [] for s in (*STAGES, "total")} for name in pipes}
     models: dict[str, dict[str, list[float]]] = {name: {} for name in pipes}
     theirs: dict[str, list[float]] = {s: [] for s in ("decode", "detect", "encode", "total")}
-    for data in photos * 2:  # the first pass warms caches and is discarded below
+    sequence = photos * 2  # the first pass warms caches and is discarded below
+    for first in range(0, len(sequence), block):
+        chunk = sequence[first:first + block]
         for name, pipe in pipes.items():
-            start = time.perf_counter()
-            analysis = pipe.analyse(data, max_faces=1)
-            total = time.perf_counter() - start
-            for stage, seconds in analysis.timings.items():
-                ours[name][stage].append(1000 * seconds)
-            ours[name]["total"].append(1000 * total)
-            for stage, seconds in alone[name].time_once().items():
-                models[name].setdefault(stage, []).append(1000 * seconds)
-        if fr is not None:
+            for data in chunk:
+                start = time.perf_counter()
+                analysis = pipe.analyse(data, max_faces=1)
+                total = time.perf_counter() - start
+                for stage, seconds in analysis.timings.items():
+                    ours[name][stage].append(1000 * seconds)
+                ours[name]["total"].append(1000 * total)
+                for stage, seconds in alone[name].time_once().items():
+                    models[name].setdefault(stage, []).append(1000 * seconds)
+        for data in chunk if fr is not None else ():
             from io import BytesIO
 
             t0 = time.perf_counter()
@@ -144,6 +149,7 @@ def stage_times(pipes: dict[str, Any], alone: dict[str, ModelsAlone], photos: li
 
     result: dict[str, Any] = {
         "photos": half,
+        "block": block,
         "edge_face_ms": {name: medians(stages) for name, stages in ours.items()},
         "models_alone_ms": {name: medians(stages) for name, stages in models.items()},
     }
@@ -177,7 +183,7 @@ def two_threads(settings: Any, pipe: Any, photos: list[bytes]) -> dict[str, floa
     return {f"{threads}_threads": round(1000 * float(np.median(t[len(chips):])), 3) for threads, t in times.items()}
 
 
-def run(data: Path, threads: int, photos: int, peer: bool) -> dict[str, Any]:
+def run(data: Path, threads: int, photos: int, peer: bool, block: int) -> dict[str, Any]:
     limit_threads(threads)
     built = configs(threads)
     pipes = {name: pipe for name, (_, pipe) in built.items()}
@@ -192,7 +198,7 @@ def run(data: Path, threads: int, photos: int, peer: bool) -> dict[str, Any]:
                               "configs": {name: {"embedder": e.artifact.name, "flip": e.flip_augment}
                                           for name, e in embedders.items()}}
     alone = {name: ModelsAlone(settings, pipe, threads) for name, (settings, pipe) in built.items()}
-    result["sets"] = {label: stage_times(pipes, alone, shots, fr) for label, shots in sets.items()}
+    result["sets"] = {label: stage_times(pipes, alone, shots, fr, block) for label, shots in sets.items()}
     default_settings = built["default"][0]
     result["embedder"] = {"fp32": embedder_roofline(embedders["default"].artifact.family, default_settings.model_dir,
                                                     threads)}
@@ -304,11 +310,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--photos", type=int, default=100)
     parser.add_argument("--no-peer", dest="peer", action="store_false")
+    parser.add_argument("--block", type=int, default=50,
+                        help="photos each config and face_recognition take in turn (1: photo by photo)")
     args = parser.parse_args()
     # Before the one-core pin: the second core is one lever, MediaPipe's graph threads are in the other.
     lone = lone_request(args.data, args.photos)
     detectors = detector_task_vs_litert(args.data, args.photos)
-    result = run(args.data, args.threads, args.photos, args.peer)
+    result = run(args.data, args.threads, args.photos, args.peer, args.block)
     result["lone_request_embed_ms"] = lone
     result["detector_ms"] = detectors
     RESULTS.mkdir(exist_ok=True)
