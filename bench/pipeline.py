@@ -8,11 +8,11 @@ on this CPU's defaults and on fp32 without the mirror pass (the AVX2 default).
 Each model is also invoked alone on an input of its shape right after the stage that runs it: what a
 stage costs beyond its model is the pre- and post-processing around it (the letterbox, the anchor
 decoding and suppression for detection; the region warp and the output mapping for FaceMesh; the
-chip's normalisation for the embedder) and the caches the other stages left it. Then the levers: MediaPipe's FaceDetector task against
-the LiteRT detector that replaced it, the embedder on one thread against two (what a lone request
-gains from the second core of an idle device), the chip and its mirror as one batch of two against
-two passes, and the embedder's GMAC/s against the core's fp32 matrix-multiply peak. Results go to
-bench/results/pipeline.json.
+chip's normalisation for the embedder) and the caches the other stages left it. Then the levers:
+MediaPipe's FaceDetector task against the LiteRT detector that replaced it, the embedder on one
+thread against two (what a lone request gains from the second core of an idle device), the chip and
+its mirror as one batch of two against two passes, and the embedder's GMAC/s against the core's fp32
+matrix-multiply peak. Results go to bench/results/pipeline.json.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m bench.pipeline --data ../shared/data/faces-dev --threads 1
 """
