@@ -52,10 +52,10 @@ log = logging.getLogger(__name__)
 TARGET_PREFIX = "RekognitionService."
 CONTENT_TYPE = "application/x-amz-json-1.1"
 #: AWS JSON 1.1 as the SDKs send it, plus the neighbours a hand-written client may use.
+JSON_CONTENT_TYPES = frozenset({CONTENT_TYPE, "application/x-amz-json-1.0", "application/json"})
 #: Bodies up to this size are verified and parsed on the event loop: well under a millisecond of hashing
 #: and parsing costs less than the hand-off to a thread and back.
 INLINE_BODY_BYTES = 256 * 1024
-JSON_CONTENT_TYPES = frozenset({CONTENT_TYPE, "application/x-amz-json-1.0", "application/json"})
 INTERNAL_ERROR = "Internal server error"
 #: Refusals that say who may not call: logged (rate-limited) with key id, source and reason, and counted.
 AUTH_FAILURES = frozenset({
