@@ -73,3 +73,18 @@ def test_letterbox_is_removed_whatever_the_frame(settings: PipelineSettings, fac
         assert np.abs(tall.keypoints[:3] - (0, 150) - alone.keypoints[:3]).max() < 0.1 * side
         # The two padded frames show it at the same scale: only the side the padding is on differs.
         assert np.abs(wide.keypoints[:3] - (150, 0) - (tall.keypoints[:3] - (0, 150))).max() < 0.03 * side
+
+
+def test_the_confidence_floor_holds_at_its_ends(settings: PipelineSettings, faces_dev: Path) -> None:
+    """A floor of 0 keeps every anchor's vote (the face found at 0.5 among them, moved a little by the
+    weak votes merged into it; no score outside [0, 1]); a floor of 1 no sigmoid score reaches."""
+    catalog = ModelCatalog(settings.model_dir)
+    model = catalog.verified_path(catalog.find("detector", "blazeface_short"))
+    everything, usual, nothing = (FaceDetector(model, min_confidence=c) for c in (0.0, 0.5, 1.0))
+    for path in sorted(faces_dev.glob("*/*.jpg"))[:30:3]:
+        rgb = decode_image(path.read_bytes()).rgb
+        (face, *_) = usual.detect(rgb)
+        found = everything.detect(rgb)
+        assert all(0.0 <= d.score <= 1.0 for d in found)
+        assert min(float(np.abs(d.keypoints - face.keypoints).max()) for d in found) < 0.1 * float(face.box[2])
+        assert nothing.detect(rgb) == []

@@ -12,6 +12,7 @@ leaves the frame back inside), so a face cut by the edge has a negative Left, as
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +64,8 @@ class FaceDetector:
         self._session = LiteRTSession(model_path, threads=1)
         self._size = self._session.input_shape[1]
         self._anchors = _anchor_centres(self._size)
-        self._min_confidence = min_confidence
+        # Scores are compared as logits: the sigmoid is then computed for the few candidates only.
+        self._min_logit = _logit(min_confidence)
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         """All faces above the confidence floor, largest first."""
@@ -76,17 +78,18 @@ class FaceDetector:
                                 borderMode=cv2.BORDER_CONSTANT)
         outputs = self._session.run((square.astype(np.float32) * (2 / 255) - 1)[None])
         regressors, logits = sorted(outputs, key=lambda o: -o.shape[-1])
-        logits = np.clip(logits.reshape(-1).astype(np.float64), -_SCORE_CLIP, _SCORE_CLIP)
-        scores = 1 / (1 + np.exp(-logits))
+        logits = logits.reshape(-1)
+        keep = np.flatnonzero(logits >= self._min_logit)
         # Per anchor: box centre, box size, six keypoints, in input pixels relative to the anchor.
-        points = regressors.reshape(-1, 8, 2) / size
-        keep = np.flatnonzero((scores >= self._min_confidence) & np.all(points[:, 1] > 0, axis=1))
+        points = regressors.reshape(-1, 8, 2)[keep] / size
+        sized = np.all(points[:, 1] > 0, axis=1)
+        keep, points = keep[sized], points[sized]
         if not len(keep):
             return []
-        points = points[keep]
+        scores = 1 / (1 + np.exp(-np.clip(logits[keep].astype(np.float64), -_SCORE_CLIP, _SCORE_CLIP)))
         points[:, [0, 2, 3, 4, 5, 6, 7]] += self._anchors[keep, None]
         found = []
-        for merged, score in _weighted_nms(points, scores[keep]):
+        for merged, score in _weighted_nms(points, scores):
             pixels = (merged * size - pad) / scale
             centre, side = pixels[0], merged[1] * size / scale
             found.append(Detection(box=np.array([*(centre - side / 2), *side], dtype=np.float32),
@@ -98,22 +101,35 @@ class FaceDetector:
         """Nothing beyond the interpreter, which goes with the detector."""
 
 
+def _logit(probability: float) -> float:
+    """The logit at or above which a sigmoid score reaches `probability` (0 and 1 map to -inf and inf)."""
+    if probability <= 0:
+        return -math.inf
+    if probability >= 1:
+        return math.inf
+    return math.log(probability / (1 - probability))
+
+
 def _weighted_nms(points: np.ndarray, scores: np.ndarray) -> list[tuple[np.ndarray, float]]:
     """MediaPipe's WEIGHTED suppression: the best remaining detection absorbs every one that overlaps it
-    by more than NMS_IOU, as their score-weighted mean; it keeps its own score."""
-    corners = np.concatenate([points[:, 0] - points[:, 1] / 2, points[:, 0] + points[:, 1] / 2], axis=1)
-    areas = np.prod(corners[:, 2:] - corners[:, :2], axis=1)
-    remaining = np.argsort(-scores, kind="stable")
+    by more than NMS_IOU, as their score-weighted mean; it keeps its own score.
+
+    The overlaps of all pairs are computed at once: the candidates are few, and a pass of small array
+    operations per face costs more than the arithmetic."""
+    low, high = points[:, 0] - points[:, 1] / 2, points[:, 0] + points[:, 1] / 2
+    overlap = np.clip(np.minimum(high[:, None], high) - np.maximum(low[:, None], low), 0, None).prod(axis=2)
+    areas = np.prod(high - low, axis=1)
+    iou = overlap / np.maximum(areas[:, None] + areas - overlap, 1e-12)
+    order = np.argsort(-scores, kind="stable")
+    remaining = np.ones(len(scores), dtype=bool)
     merged = []
-    while len(remaining):
-        best = corners[remaining[0]]
-        overlap = np.clip(np.minimum(corners[remaining, 2:], best[2:]) - np.maximum(corners[remaining, :2], best[:2]),
-                          0, None).prod(axis=1)
-        iou = overlap / np.maximum(areas[remaining] + areas[remaining[0]] - overlap, 1e-12)
-        overlaps = iou > NMS_IOU
-        overlaps[0] = True
-        weights = scores[remaining[overlaps]]
-        merged.append(((points[remaining[overlaps]] * weights[:, None, None]).sum(axis=0) / weights.sum(),
-                       float(scores[remaining[0]])))
-        remaining = remaining[~overlaps]
+    for best in order:
+        if not remaining[best]:
+            continue
+        absorbed = remaining & (iou[best] > NMS_IOU)
+        absorbed[best] = True
+        members = order[absorbed[order]]  # in score order, as MediaPipe sums them
+        weights = scores[members]
+        merged.append(((points[members] * weights[:, None, None]).sum(axis=0) / weights.sum(), float(scores[best])))
+        remaining &= ~absorbed
     return merged
