@@ -12,7 +12,8 @@ chip's normalisation for the embedder) and the caches the other stages left it. 
 MediaPipe's FaceDetector task against the LiteRT detector that replaced it, the embedder on one
 thread against two (what a lone request gains from the second core of an idle device), the chip and
 its mirror as one batch of two against two passes, and the embedder's GMAC/s against the core's fp32
-matrix-multiply peak. Results go to bench/results/pipeline.json.
+matrix-multiply peak; and both libraries back to back against each photo after a pause, the cost
+of an idle spell before a door's photo. Results go to bench/results/pipeline.json.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m bench.pipeline --data ../shared/data/faces-dev --threads 1
 """
@@ -204,6 +205,8 @@ def run(data: Path, threads: int, photos: int, peer: bool, block: int) -> dict[s
                                                     threads)}
     result["mirror_pair_ms"] = mirror_pair(default_settings.model_dir, threads)
     result["detector_after_ms"] = detector_after_traffic(pipes["default"], data, photos)
+    if fr is not None:
+        result["after_a_pause_ms"] = after_a_pause(pipes["default"], fr, sets["250x250"])
     return result
 
 
@@ -285,6 +288,33 @@ def detector_after_traffic(pipe: Any, data: Path, photos: int) -> dict[str, floa
             pipe.detector.detect(rgb)
             times[name].append(time.perf_counter() - start)
     return {name: round(1000 * float(np.median(t[len(rgbs):])), 3) for name, t in times.items()}
+
+
+def after_a_pause(pipe: Any, fr: Any, photos: list[bytes], pauses_ms: tuple[int, ...] = (0, 5, 80)) -> dict[str, Any]:
+    """The photos through the default pipeline, then through face_recognition, each photo after a pause
+    with this process asleep (0: back to back): what a photo costs after an idle spell, as a door's
+    does. A pause runs no code, so what it adds is the caches the machine empties meanwhile, not
+    anything either library does; photo by photo (`--block 1`) adds the same to the default pipeline."""
+    from io import BytesIO
+
+    def peer(data: bytes) -> None:
+        img = fr.load_image_file(BytesIO(data))
+        boxes = fr.face_locations(img)
+        if boxes:
+            fr.face_encodings(img, known_face_locations=[max(boxes, key=lambda b: (b[2] - b[0]) * (b[1] - b[3]))])
+
+    out: dict[str, Any] = {}
+    for pause in pauses_ms:
+        times: dict[str, list[float]] = {"edge_face": [], "face_recognition": []}
+        for name, run in (("edge_face", lambda d: pipe.analyse(d, max_faces=1)), ("face_recognition", peer)):
+            for data in photos * 2:
+                time.sleep(pause / 1000)
+                start = time.perf_counter()
+                run(data)
+                times[name].append(time.perf_counter() - start)
+        row = {name: round(1000 * float(np.median(t[len(photos):])), 3) for name, t in times.items()}
+        out[f"{pause}_ms"] = {**row, "speedup": round(row["face_recognition"] / row["edge_face"], 2)}
+    return out
 
 
 def embedder_roofline(family: str, model_dir: Path, threads: int, runs: int = 100) -> dict[str, float]:

@@ -23,6 +23,8 @@ from edge.vision.runtime import LiteRTSession
 
 NMS_IOU = 0.3
 _SCORE_CLIP = 100.0
+#: Pixel value -> model input in [-1, 1], as one table lookup per pixel.
+_INPUT_SCALE = (np.arange(256, dtype=np.float32) * np.float32(2 / 255) - 1).reshape(1, 256)
 #: Input side -> (anchor strides of the SSD layers, anchors per cell and layer), as in MediaPipe's
 #: face_detection_short_range (128 px) and face_detection_full_range (192 px) graphs.
 _SSD_LAYERS = {128: ((8, 16, 16, 16), 2), 192: ((4,), 1)}
@@ -72,11 +74,11 @@ class FaceDetector:
         height, width = rgb.shape[:2]
         size = self._size
         scale = size / max(width, height)
-        pad = np.array([(size - width * scale) / 2, (size - height * scale) / 2])
-        letterbox = np.array([[scale, 0.0, pad[0]], [0.0, scale, pad[1]]])
+        pad_x, pad_y = (size - width * scale) / 2, (size - height * scale) / 2
+        letterbox = np.array([[scale, 0.0, pad_x], [0.0, scale, pad_y]])
         square = cv2.warpAffine(rgb, letterbox, (size, size), flags=cv2.INTER_LINEAR,
                                 borderMode=cv2.BORDER_CONSTANT)
-        outputs = self._session.run((square.astype(np.float32) * (2 / 255) - 1)[None])
+        outputs = self._session.run(cv2.LUT(square, _INPUT_SCALE)[None])
         regressors, logits = sorted(outputs, key=lambda o: -o.shape[-1])
         logits = logits.reshape(-1)
         keep = np.flatnonzero(logits >= self._min_logit)
@@ -90,7 +92,7 @@ class FaceDetector:
         points[:, [0, 2, 3, 4, 5, 6, 7]] += self._anchors[keep, None]
         found = []
         for merged, score in _weighted_nms(points, scores):
-            pixels = (merged * size - pad) / scale
+            pixels = (merged * size - (pad_x, pad_y)) / scale
             centre, side = pixels[0], merged[1] * size / scale
             found.append(Detection(box=np.array([*(centre - side / 2), *side], dtype=np.float32),
                                    score=score, keypoints=pixels[2:].astype(np.float32)))
