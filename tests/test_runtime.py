@@ -7,10 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import pytest
 
+from edge.config import PipelineSettings
 from edge.vision import runtime
-from edge.vision.runtime import Backend, backends, select_backend
+from edge.vision.models import ModelCatalog
+from edge.vision.runtime import Backend, LiteRTSession, backends, select_backend
 
 
 @pytest.fixture
@@ -69,3 +72,15 @@ def test_cpu_precision_follows_int8_dot_product_support(tmp_path: Path) -> None:
     assert [runtime.cpu_has_int8_dot_product(p) for p in (avx2, vnni, arm, pi3)] == [False, True, True, False]
     assert runtime.CpuBackend().precision == (
         "int8-dynamic" if runtime.cpu_has_int8_dot_product() else "fp32")
+
+
+def test_a_sessions_outputs_are_the_callers_to_keep(settings: PipelineSettings) -> None:
+    """What one run returned is not overwritten by the next (a detection outlives the next photo's)."""
+    catalog = ModelCatalog(settings.model_dir)
+    session = LiteRTSession(catalog.verified_path(catalog.find("detector", "blazeface_short")), threads=1)
+    shape = session.input_shape
+    first = session.run(np.full(shape, -1.0, dtype=np.float32))
+    kept = [out.copy() for out in first]
+    second = session.run(np.full(shape, 1.0, dtype=np.float32))
+    assert any(not np.array_equal(a, b) for a, b in zip(kept, second, strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(kept, first, strict=True))

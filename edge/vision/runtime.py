@@ -57,7 +57,7 @@ class LiteRTSession:
                 self._input = self._interp.get_input_details()[0]
             self._interp.set_tensor(self._input["index"], inputs.astype(self._input["dtype"], copy=False))
             self._interp.invoke()
-            return [self._interp.get_tensor(o["index"]).copy() for o in self._outputs]
+            return [self._interp.get_tensor(o["index"]) for o in self._outputs]  # each a copy already
 
 
 class Backend:
