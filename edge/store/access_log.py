@@ -19,8 +19,7 @@ from contextlib import contextmanager
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
-from edge.store.errors import StateTooNew
-from edge.store.formats import Stamp, require_readable, sqlite_stamp, stamp_sql
+from edge.store.formats import Stamp, opened_stamp, stamp_sql
 
 LOG_FILE = "access.sqlite3"
 #: The access log's format (`edge.store.formats`): version 1 is the decisions table below.
@@ -70,13 +69,7 @@ class AccessLog:
         uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
         self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         self._lock = threading.Lock()
-        found = sqlite_stamp(self._conn)
-        if found is not None:
-            try:
-                require_readable(str(path), found, STAMP)
-            except StateTooNew:
-                self._conn.close()
-                raise
+        found = opened_stamp(self._conn, str(path), STAMP)
         if not readonly:
             stamp = STAMP if found is None else found.opened_by(STAMP)
             migrate = "" if stamp == found else stamp_sql(stamp)

@@ -19,8 +19,8 @@ from typing import Any, Literal, Protocol, TypeVar
 import numpy as np
 
 from edge.files import FILE_MODE
-from edge.store.errors import CheckpointBlocked, StateTooNew, storage_error
-from edge.store.formats import Stamp, require_readable, sqlite_stamp, stamp_sql
+from edge.store.errors import CheckpointBlocked, storage_error
+from edge.store.formats import Stamp, opened_stamp, stamp_sql
 from edge.store.index import Labels
 from edge.store.models import BoundingBox, CollectionRecord, FaceRecord, NewFace, SyncState, UserRecord, Vector
 
@@ -626,13 +626,7 @@ class Database:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
         os.chmod(path, FILE_MODE)
         conn = self._connection()
-        found = sqlite_stamp(conn)
-        if found is not None:
-            try:
-                require_readable(str(path), found, STAMP)  # before anything is written
-            except StateTooNew:
-                self.close()
-                raise
+        found = opened_stamp(conn, str(path), STAMP)
         # Both only take effect before the first table.  A 512-d face row is over 2 KiB: 8 KiB pages
         # hold three where 4 KiB pages hold one, so the file is much smaller.
         conn.execute("PRAGMA page_size = 8192")

@@ -67,6 +67,16 @@ def sqlite_stamp(conn: sqlite3.Connection) -> Stamp | None:
     return Stamp(version, int(row[0]) if row else version)
 
 
+def opened_stamp(conn: sqlite3.Connection, what: str, build: Stamp) -> Stamp | None:
+    """`sqlite_stamp` of a file just connected to, before anything is written to it; one this build may not
+    open is refused, and the connection closed."""
+    found = sqlite_stamp(conn)
+    if found is not None and not found.readable_by(build.version):
+        conn.close()
+        require_readable(what, found, build)
+    return found
+
+
 def sqlite_file_stamp(path: Path) -> Stamp | None:
     """`sqlite_stamp` of a file, without writing to it (a daemon may be); None where there is no file.
 

@@ -1,5 +1,5 @@
-"""The state directory as a whole: the formats it holds, whether this build may open them, and the snapshot
-that a rollback restores when a new release would leave the state in a form the previous one cannot read.
+"""The state directory as a whole: the formats it holds and this build's, and the snapshot that a rollback
+restores when a new release would leave the state in a form the previous one cannot read.
 
 The snapshot holds the store's database and the access log, each copied with SQLite's online backup (a
 consistent copy while the daemon writes), and the index files, linked (they are only ever replaced by a
@@ -34,6 +34,8 @@ def found_stamps(state_dir: Path) -> dict[str, Stamp | None]:
     """The stamp of each format on disk, read without changing anything (None: absent or not stamped yet).
     The index files' is the newest of their manifests'."""
     found: dict[str, Stamp | None] = {name: sqlite_file_stamp(state_dir / file) for name, file in _SQLITE.items()}
+    if found["access_log"] is None and (state_dir / access_log.LOG_FILE).is_file():  # from before stamps
+        found["access_log"] = Stamp(LEGACY["access_log"], LEGACY["access_log"])
     manifests = [stamp for path in sorted((state_dir / COLLECTIONS_DIR).glob(f"*/{index.MANIFEST_FILE}"))
                  if (stamp := index.manifest_stamp(path)) is not None]
     found["index"] = (Stamp(max(s.version for s in manifests), max(s.min_reader for s in manifests))
