@@ -374,6 +374,7 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     from rich.table import Table
 
     from edge.server.credentials import SCOPES, AccessKey, KeyStore, key_from_spec
+    from edge.store import StoreError
 
     keys = KeyStore(Path(args.state_dir or settings.state_dir))
     console = Console()
@@ -417,13 +418,36 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
                     datetime.fromtimestamp(k.created_at).strftime("%Y-%m-%d %H:%M"),
                     datetime.fromtimestamp(k.revoked_at).strftime("%Y-%m-%d %H:%M") if k.revoked_at else "")
             console.print(table)
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, StoreError) as exc:
         raise SystemExit(f"edge-face keys {args.action}: {exc.args[0]}") from None
     return 0
 
 
 def _at(settings: Settings, state_dir: str | None) -> Settings:
     return settings.model_copy(update={"state_dir": Path(state_dir)}) if state_dir else settings
+
+
+def cmd_state(args: argparse.Namespace, settings: Settings) -> int:
+    """Which builds may open the state directory; the snapshot a fleet's rollback takes and restores."""
+    from edge.cli.state import assess, show
+    from edge.store import StoreError
+    from edge.store.state import restore_snapshot, take_snapshot
+
+    state_dir = Path(args.state_dir or settings.state_dir)
+    try:
+        if args.action == "snapshot":
+            take_snapshot(state_dir, Path(args.snapshot))
+            print(f"snapshot of {state_dir} in {args.snapshot}: it holds every face, delete it once it is not needed")
+            return 0
+        if args.action == "restore":
+            restore_snapshot(state_dir, Path(args.snapshot))
+            print(f"restored {state_dir} from {args.snapshot}")
+            return 0
+    except StoreError as exc:
+        raise SystemExit(f"edge-face state {args.action}: {exc}") from None
+    report = assess(state_dir, args.previous)
+    print(json.dumps(report, indent=2) if args.json else show(report))
+    return 1 if report["refuse"] else 0
 
 
 def cmd_central(args: argparse.Namespace, settings: Settings) -> int:
@@ -605,6 +629,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "collections}. Prints what changed: added, updated, revoked (or unchanged).")
     importing.add_argument("--exclusive", action="store_true", help="revoke every live key not given")
     p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("state", help="the state's formats: whether this build reads them; rollback snapshots",
+                       description="check: each format of the state directory on disk and in this build, whether "
+                       "this build reads it, and (--previous) whether the release before it will still read it "
+                       "once this one has opened it; exits 1 when the upgrade must stop before changing anything. "
+                       "snapshot / restore: the copy of the state a rollback puts back (restore only while the "
+                       "daemon is stopped). ansible's rollout runs them (ansible/README.md).")
+    p.add_argument("--state-dir", help="the daemon's state directory (default: the configured one)")
+    actions = p.add_subparsers(dest="action", required=True)
+    checking = actions.add_parser("check", help="which builds may open the state, and what a rollback needs")
+    checking.add_argument("--previous", help="the previous release's own `state check --json` answer (empty: a "
+                          "release from before format stamps)")
+    checking.add_argument("--json", action="store_true", help="JSON, for ansible")
+    for action, help_text in (("snapshot", "copy the state (consistently, while the daemon runs) into SNAPSHOT"),
+                              ("restore", "put the state back from SNAPSHOT (the daemon stopped)")):
+        actions.add_parser(action, help=help_text).add_argument("snapshot", metavar="SNAPSHOT")
+    p.set_defaults(func=cmd_state)
 
     p = sub.add_parser("central", help="the central's device keys and feed signing key")
     p.add_argument("--state-dir", help="the central's state directory")

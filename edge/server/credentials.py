@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge.files import check_private, private_secret, write_private
 from edge.rekognition.operations import OPERATIONS
+from edge.store.formats import Stamp, require_readable
 
 KEYS_FILE = "keys.json"
 MASTER_KEY_FILE = "keys.master"
@@ -89,10 +90,14 @@ class _StoredKey(BaseModel):
     revoked_at: float | None = None
 
 
+#: The key file's format (`edge.store.formats`): `version` and, where it differs, `min_reader` in the file.
+STAMP = Stamp(2, 2)
+
+
 class _KeyFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = 2
+    version: int = STAMP.version
     keys: list[_StoredKey]
 
 
@@ -224,6 +229,12 @@ class KeyStore:
         document = json.loads(self.path.read_text())
         if document.get("version") is None:  # the first format: secrets in the clear, two scopes
             return [_from_first_format(entry) for entry in document["keys"]]
+        found = _stamp(document)
+        require_readable(str(self.path), found, STAMP)
+        if found.version > STAMP.version:  # a newer build's additions, which its min_reader lets this one ignore
+            document = {"version": found.version,
+                        "keys": [{name: entry[name] for name in _StoredKey.model_fields if name in entry}
+                                 for entry in document["keys"]]}
         return [self._open(k) for k in _KeyFile.model_validate(document).keys]
 
     @contextmanager
@@ -322,6 +333,17 @@ def new_key(name: str, operations: frozenset[str] | None, collections: frozenset
         secret_access_key="".join(secrets.choice(_SECRET_ALPHABET) for _ in range(40)),
         operations=operations, collections=collections, created_at=time.time(),
     )
+
+
+def _stamp(document: dict[str, Any]) -> Stamp:
+    version = int(document.get("version") or 1)
+    return Stamp(version, int(document.get("min_reader", version)))
+
+
+def key_file_stamp(state_dir: Path) -> Stamp | None:
+    """The key file's format stamp, read without opening its secrets (None without a key file)."""
+    path = state_dir / KEYS_FILE
+    return _stamp(json.loads(path.read_text())) if path.exists() else None
 
 
 def _from_first_format(entry: dict[str, Any]) -> AccessKey:

@@ -19,7 +19,11 @@ from contextlib import contextmanager
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
+from edge.store.formats import Stamp, opened_stamp, stamp_sql
+
 LOG_FILE = "access.sqlite3"
+#: The access log's format (`edge.store.formats`): version 1 is the decisions table below.
+STAMP = Stamp(1, 1)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
     at REAL NOT NULL,
@@ -65,9 +69,12 @@ class AccessLog:
         uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
         self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         self._lock = threading.Lock()
+        found = opened_stamp(self._conn, str(path), STAMP)
         if not readonly:
+            stamp = STAMP if found is None else found.opened_by(STAMP)
+            migrate = "" if stamp == found else stamp_sql(stamp)
             self._conn.executescript("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;"
-                                     "PRAGMA secure_delete = ON;" + _SCHEMA)
+                                     f"PRAGMA secure_delete = ON; BEGIN IMMEDIATE; {_SCHEMA} {migrate} COMMIT;")
 
     def record(self, decision: Decision) -> None:
         with self._lock:

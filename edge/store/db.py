@@ -19,11 +19,16 @@ from typing import Any, Literal, Protocol, TypeVar
 import numpy as np
 
 from edge.files import FILE_MODE
-from edge.store.errors import CheckpointBlocked, StoreError, storage_error
+from edge.store.errors import CheckpointBlocked, storage_error
+from edge.store.formats import Stamp, opened_stamp, stamp_sql
 from edge.store.index import Labels
 from edge.store.models import BoundingBox, CollectionRecord, FaceRecord, NewFace, SyncState, UserRecord, Vector
 
 SCHEMA_VERSION = 2
+MIN_READER = 2
+"""The oldest schema version whose builds may open what this build writes (`edge.store.formats`). Version 2's
+remembered answers must be erased with the users they name, which a version 1 build would not do."""
+STAMP = Stamp(SCHEMA_VERSION, MIN_READER)
 BUSY_TIMEOUT_MS = 30_000
 FETCH_CHUNK = 50_000
 
@@ -111,8 +116,9 @@ CREATE TABLE changes (
 );
 CREATE INDEX changes_by_collection ON changes (collection_id, seq);
 {_REQUESTS}
-PRAGMA user_version = {SCHEMA_VERSION};
 """
+#: The script that takes a database from version k to k + 1.
+_MIGRATIONS = {1: _REQUESTS}
 
 # Collections this device follows from a central (edge/sync). Created where missing, so a state
 # directory from before fleet sync opens unchanged.
@@ -620,18 +626,17 @@ class Database:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
         os.chmod(path, FILE_MODE)
         conn = self._connection()
+        found = opened_stamp(conn, str(path), STAMP)
         # Both only take effect before the first table.  A 512-d face row is over 2 KiB: 8 KiB pages
         # hold three where 4 KiB pages hold one, so the file is much smaller.
         conn.execute("PRAGMA page_size = 8192")
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("PRAGMA journal_mode = WAL")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
-        elif version == 1:  # version 1 lacks only the remembered answers
-            conn.executescript(f"BEGIN IMMEDIATE; {_REQUESTS} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
-        elif version != SCHEMA_VERSION:
-            raise StoreError(f"{path}: schema version {version}, this build knows {SCHEMA_VERSION}")
+        if found is None:
+            conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} {stamp_sql(STAMP)} COMMIT;")
+        elif found.version < SCHEMA_VERSION:
+            steps = " ".join(_MIGRATIONS[version] for version in range(found.version, SCHEMA_VERSION))
+            conn.executescript(f"BEGIN IMMEDIATE; {steps} {stamp_sql(found.opened_by(STAMP))} COMMIT;")
         conn.executescript(_SYNC_SCHEMA)
 
     def _connection(self) -> sqlite3.Connection:

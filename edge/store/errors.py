@@ -14,6 +14,10 @@ class StoreLocked(StoreError):
     """Another process holds the state directory; two writers would corrupt the index files."""
 
 
+class StateTooNew(StoreError):
+    """A file of the state written by a newer build in a form this build may not open (`edge.store.formats`)."""
+
+
 class CollectionNotFound(StoreError):
     def __init__(self, collection_id: str) -> None:
         super().__init__(f"collection {collection_id!r} not found")

@@ -24,12 +24,14 @@ import numpy.typing as npt
 from edge.config import StoreSettings
 from edge.files import fsync_path, replacing
 from edge.store.errors import IndexInvalid, InvalidVector
+from edge.store.formats import Stamp
 from edge.store.models import CollectionRecord, Vector
 
 Labels = npt.NDArray[np.int64]
 
 SPACE = "ip"
-MANIFEST_FORMAT = 1
+#: The index files' format (`edge.store.formats`), recorded in the manifest as `format` and `min_reader`.
+STAMP = Stamp(1, 1)
 INDEX_FILE = "index.bin"
 MANIFEST_FILE = "index.json"
 TMP_SUFFIX = ".tmp"
@@ -175,6 +177,12 @@ class Manifest:
     """Every change of the collection up to this sequence number is reflected in the file."""
     sha256: str
     saved_at: float
+    min_reader: int
+    """Written only where it differs from `format` (`edge.store.formats`)."""
+
+    @property
+    def stamp(self) -> Stamp:
+        return Stamp(self.format, self.min_reader)
 
 
 class HnswIndex:
@@ -267,7 +275,7 @@ class HnswIndex:
             if deleted != self._deleted:
                 raise IndexInvalid(f"saved file marks {deleted} deleted elements, expected {self._deleted}")
             manifest = Manifest(
-                format=MANIFEST_FORMAT,
+                format=STAMP.version,
                 collection_id=collection.collection_id,
                 collection_uid=collection.uid,
                 face_model_version=collection.face_model_version,
@@ -281,8 +289,12 @@ class HnswIndex:
                 change_seq=change_seq,
                 sha256=_sha256(bin_tmp),
                 saved_at=time.time(),
+                min_reader=STAMP.min_reader,
             )
-            json_tmp.write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True))
+            written = asdict(manifest)
+            if manifest.min_reader == manifest.format:
+                del written["min_reader"]
+            json_tmp.write_text(json.dumps(written, indent=2, sort_keys=True))
             fsync_path(json_tmp)
         return manifest
 
@@ -344,8 +356,9 @@ class HnswIndex:
             os.replace(_tmp(json_path), json_path)
             fsync_path(directory)
             manifest = pending
+        if not manifest.stamp.readable_by(STAMP.version):
+            raise IndexInvalid(f"index format {manifest.format} needs a reader of format {manifest.min_reader} on")
         expected = {
-            "format": MANIFEST_FORMAT,
             "collection_uid": collection.uid,
             "face_model_version": collection.face_model_version,
             "dim": collection.dim,
@@ -376,10 +389,20 @@ def _tmp(path: Path) -> Path:
 
 
 def _read_manifest(path: Path) -> Manifest | None:
+    """The manifest, without the fields a newer format added (whether they may be ignored is its min_reader's
+    to say)."""
     try:
-        return Manifest(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
+        fields = json.loads(path.read_text())
+        fields.setdefault("min_reader", fields.get("format"))  # recorded only where it differs
+        return Manifest(**{name: fields[name] for name in Manifest.__dataclass_fields__ if name in fields})
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
+
+
+def manifest_stamp(path: Path) -> Stamp | None:
+    """The format stamp of a saved index's manifest (None where there is none to read)."""
+    manifest = _read_manifest(path)
+    return None if manifest is None else manifest.stamp
 
 
 def _check_header(header: bytes, dim: int, params: HnswParams, element_count: int) -> tuple[int, int]:

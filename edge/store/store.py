@@ -28,7 +28,9 @@ import numpy.typing as npt
 from edge.config import StoreSettings
 from edge.files import FILE_MODE, make_private, private_directory
 from edge.store.access_log import LOG_FILE, AccessLog
+from edge.store.access_log import STAMP as LOG_STAMP
 from edge.store.db import BUSY_TIMEOUT_MS, ERASED, Database, Tx, page
+from edge.store.db import STAMP as DB_STAMP
 from edge.store.errors import (
     CheckpointBlocked,
     CollectionExists,
@@ -46,6 +48,7 @@ from edge.store.errors import (
     UserNotFound,
     storage_error,
 )
+from edge.store.formats import require_readable, sqlite_file_stamp
 from edge.store.index import HNSWLIB_VERSION, ExactIndex, HnswIndex, HnswParams, Labels, VectorIndex, normalize
 from edge.store.models import (
     CollectionRecord,
@@ -180,7 +183,14 @@ class Store:
         """Deletions committed but not yet scrubbed from every file."""
         self._requests_lock = threading.Lock()
         private_directory(state_dir)
-        self._lock_fd = _lock_directory(state_dir / LOCK_FILE)
+        self._lock_fd = lock_directory(state_dir / LOCK_FILE)
+        try:  # both databases, before either is migrated: a refusal changes nothing
+            for path, build in ((state_dir / DB_FILE, DB_STAMP), (state_dir / LOG_FILE, LOG_STAMP)):
+                if (found := sqlite_file_stamp(path)) is not None:
+                    require_readable(str(path), found, build)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
         opened = _make_private(state_dir)
         if opened:
             log.warning("made private (they were open to other users): %s", ", ".join(opened))
@@ -1108,7 +1118,8 @@ def _export(tx: Tx, collection_id: str, head: int, dim: int) -> FeedSlice:
     return FeedSlice(0, head, faces, _vectors(blobs, dim), tx.users_by_ids(collection_id, None), [], [])
 
 
-def _lock_directory(path: Path) -> int:
+def lock_directory(path: Path) -> int:
+    """Hold the state directory for this process (StoreLocked while another holds it)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
     os.fchmod(fd, FILE_MODE)
     try:

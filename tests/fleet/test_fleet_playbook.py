@@ -194,19 +194,19 @@ def bundle_dir() -> Path:
     return found
 
 
-@pytest.fixture(scope="module")
-def broken_bundle_dir(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same bundle, but its edge-face wheel is built from sources whose `serve` exits at once."""
-    root = tmp_path_factory.mktemp("broken")
+def rebuilt_bundle(bundle_dir: Path, root: Path, edits: dict[str, list[tuple[str, str]]]) -> Path:
+    """The same bundle, but its edge-face wheel is built from these sources with each (marker, replacement)
+    made in the file named."""
     source = root / "source"
     shutil.copytree(REPO / "edge", source / "edge", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
-    cli = source / "edge" / "cli" / "__init__.py"
-    text = cli.read_text()
-    marker = "    from edge.server.app import serve\n"
-    assert marker in text
-    cli.write_text(text.replace(marker, marker + '    raise SystemExit("this release is broken on purpose")\n'))
+    for name, replacements in edits.items():
+        text = (source / name).read_text()
+        for marker, replacement in replacements:
+            assert marker in text, (name, marker)
+            text = text.replace(marker, replacement)
+        (source / name).write_text(text)
     contents = root / "contents"
     with tarfile.open(bundle_dir / f"{PLATFORM}.tar") as tar:
         tar.extractall(contents, filter="data")
@@ -215,10 +215,34 @@ def broken_bundle_dir(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory
     subprocess.run([str(REPO / ".tools/bin/uv"), "build", "--wheel", "--out-dir", str(contents / "wheels"), "--quiet",
                     str(source)], check=True, capture_output=True, timeout=300)
     (contents / "wheels" / ".gitignore").unlink(missing_ok=True)
-    description = json.loads((bundle_dir / f"{PLATFORM}.json").read_text()) | {"commit": "broken"}
+    description = json.loads((bundle_dir / f"{PLATFORM}.json").read_text()) | {"commit": root.name}
     (root / "bundle").mkdir()
     seal(contents, description, root / "bundle" / f"{PLATFORM}.tar")
     return root / "bundle"
+
+
+SERVE = "    from edge.server.app import serve\n"
+
+
+@pytest.fixture(scope="module")
+def broken_bundle_dir(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same bundle, but its edge-face wheel is built from sources whose `serve` exits at once."""
+    return rebuilt_bundle(bundle_dir, tmp_path_factory.mktemp("broken"), {"edge/cli/__init__.py": [
+        (SERVE, SERVE + '    raise SystemExit("this release is broken on purpose")\n')]})
+
+
+@pytest.fixture(scope="module")
+def migrating_bundle_dir(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A release whose store schema (version 3) the release before it cannot read (min_reader 3), and whose
+    `serve` migrates the state to it and then fails: what a rollback must undo."""
+    return rebuilt_bundle(bundle_dir, tmp_path_factory.mktemp("migrating"), {
+        "edge/store/db.py": [
+            ("SCHEMA_VERSION = 2\nMIN_READER = 2\n", "SCHEMA_VERSION = 3\nMIN_READER = 3\n"),
+            ("_MIGRATIONS = {1: _REQUESTS}", '_MIGRATIONS = {1: _REQUESTS, 2: "CREATE TABLE v3 (x);"}')],
+        "edge/cli/__init__.py": [(SERVE, SERVE + "    from edge.store import open_store\n\n"
+                                  "    open_store(Path(args.state_dir), settings.store).close()\n"
+                                  '    raise SystemExit("this release migrates the state, then fails on purpose")\n')],
+    })
 
 
 @pytest.fixture(scope="module")
@@ -417,3 +441,39 @@ def test_a_door_that_does_not_become_ready_is_rolled_back_and_the_rollout_stops(
     assert "door-b" not in run.recap()
     assert second.releases() == untouched
     assert second.readyz() == 200
+
+
+def test_a_release_that_migrates_the_state_out_of_reach_and_fails_is_rolled_back_with_the_state(
+        site: Site, migrating_bundle_dir: Path, faces_dev: Path) -> None:
+    """The new release moves the store's schema to a version the release before it cannot read, then fails
+    readiness: the rollback puts the state back from the snapshot taken before the switch, so the previous
+    release serves again with every face enrolled before, and no snapshot is left on the door."""
+    door = site.doors[0]
+    good = door.current_release()
+    admin = door.client()
+    admin.create_collection(CollectionId="staff-a")
+    people = [d for d in sorted(faces_dev.iterdir()) if d.is_dir() and len(list(d.glob("*.jpg"))) >= 2][:3]
+    enrolled = {person.name: admin.index_faces(
+        CollectionId="staff-a", Image={"Bytes": sorted(person.glob("*.jpg"))[0].read_bytes()},
+        ExternalImageId=person.name, MaxFaces=1)["FaceRecords"][0]["Face"]["FaceId"] for person in people}
+    run = site.playbook("--limit", "door-a", bundle_dir=migrating_bundle_dir)
+    assert run.returncode != 0
+    log = (door.prefix / "var/log/edge-face.log").read_text()
+    assert "this release migrates the state, then fails on purpose" in log  # it did: the store was at version 3
+    rolled_back(run, "door-a", good)
+    assert "Its state was put back as it was before the upgrade." in " ".join(run.output.split())
+    assert door.current_release() == good
+    deadline = time.monotonic() + 30
+    while door.readyz() != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert door.readyz() == 200
+    assert {f["FaceId"] for f in admin.list_faces(CollectionId="staff-a")["Faces"]} == set(enrolled.values())
+    kiosk = door.client("kiosk")
+    for person in people:
+        visitor = sorted(person.glob("*.jpg"))[1].read_bytes()
+        matches = kiosk.search_faces_by_image(CollectionId="staff-a", Image={"Bytes": visitor},
+                                              FaceMatchThreshold=70)["FaceMatches"]
+        assert matches and matches[0]["Face"]["FaceId"] == enrolled[person.name]
+    state = door.prefix / "var/lib/edge-face"
+    assert not (state / "rollback-snapshot").exists()
+    assert sorted(p.name for p in state.iterdir() if "snapshot" in p.name) == []

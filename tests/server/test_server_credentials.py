@@ -13,6 +13,7 @@ import pytest
 from botocore.configloader import raw_config_parse
 
 from edge.server.credentials import CREDENTIALS_FILE, KEYS_FILE, MASTER_KEY_FILE, SCOPES, KeyStore, key_from_spec
+from edge.store import StateTooNew
 
 
 def test_first_start_makes_an_admin_and_a_read_only_profile(tmp_path: Path) -> None:
@@ -57,6 +58,27 @@ def test_later_starts_read_the_same_keys(tmp_path: Path) -> None:
     again, created = KeyStore.open(tmp_path)
     assert not created and again.all() == first.all()
     assert (tmp_path / CREDENTIALS_FILE).read_text() == credentials
+
+
+def test_a_key_file_from_a_newer_compatible_build_is_read_and_an_incompatible_one_refused(tmp_path: Path) -> None:
+    """A rollback meets the key file the newer release wrote: its additions are ignored when its min_reader
+    allows it; otherwise every key is refused with a message naming both versions, and the file is left."""
+    keys, _ = KeyStore.open(tmp_path)
+    before = {k.access_key_id: k for k in keys.all()}
+    document = json.loads((tmp_path / KEYS_FILE).read_text())
+    document |= {"version": 3, "min_reader": 2, "rotation_policy": "90d"}
+    for entry in document["keys"]:
+        entry["last_used_at"] = 1.0
+    (tmp_path / KEYS_FILE).write_text(json.dumps(document))
+    assert {k.access_key_id: k for k in KeyStore(tmp_path).all()} == before
+
+    (tmp_path / KEYS_FILE).write_text(json.dumps(document | {"min_reader": 3}))
+    written = (tmp_path / KEYS_FILE).read_bytes()
+    with pytest.raises(StateTooNew, match=r"format version 3.*reads up to version 2"):
+        KeyStore(tmp_path).all()
+    with pytest.raises(StateTooNew):
+        KeyStore(tmp_path).create("door-3", SCOPES["search"], None)
+    assert (tmp_path / KEYS_FILE).read_bytes() == written
 
 
 def test_a_key_file_others_can_read_is_refused(tmp_path: Path) -> None:
