@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.machine import cpu_model, limit_threads
+from bench.machine import after_pauses, cpu_model, limit_threads
 from bench.photos import photo_sets
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -206,7 +206,9 @@ def run(data: Path, threads: int, photos: int, peer: bool, block: int) -> dict[s
     result["mirror_pair_ms"] = mirror_pair(default_settings.model_dir, threads)
     result["detector_after_ms"] = detector_after_traffic(pipes["default"], data, photos)
     if fr is not None:
-        result["after_a_pause_ms"] = after_a_pause(pipes["default"], fr, sets["250x250"])
+        result["after_a_pause_ms"] = after_pauses({"edge_face": lambda d: pipes["default"].analyse(d, max_faces=1),
+                                                   "face_recognition": lambda d: peer_encode(fr, d)},
+                                                  sets["250x250"], (0, 5, 80))
     return result
 
 
@@ -290,31 +292,14 @@ def detector_after_traffic(pipe: Any, data: Path, photos: int) -> dict[str, floa
     return {name: round(1000 * float(np.median(t[len(rgbs):])), 3) for name, t in times.items()}
 
 
-def after_a_pause(pipe: Any, fr: Any, photos: list[bytes], pauses_ms: tuple[int, ...] = (0, 5, 80)) -> dict[str, Any]:
-    """The photos through the default pipeline, then through face_recognition, each photo after a pause
-    with this process asleep (0: back to back): what a photo costs after an idle spell, as a door's
-    does. A pause runs no code, so what it adds is the caches the machine empties meanwhile, not
-    anything either library does; photo by photo (`--block 1`) adds the same to the default pipeline."""
+def peer_encode(fr: Any, data: bytes) -> None:
+    """face_recognition's work on a photo: decode, HOG boxes, the largest face's encoding."""
     from io import BytesIO
 
-    def peer(data: bytes) -> None:
-        img = fr.load_image_file(BytesIO(data))
-        boxes = fr.face_locations(img)
-        if boxes:
-            fr.face_encodings(img, known_face_locations=[max(boxes, key=lambda b: (b[2] - b[0]) * (b[1] - b[3]))])
-
-    out: dict[str, Any] = {}
-    for pause in pauses_ms:
-        times: dict[str, list[float]] = {"edge_face": [], "face_recognition": []}
-        for name, run in (("edge_face", lambda d: pipe.analyse(d, max_faces=1)), ("face_recognition", peer)):
-            for data in photos * 2:
-                time.sleep(pause / 1000)
-                start = time.perf_counter()
-                run(data)
-                times[name].append(time.perf_counter() - start)
-        row = {name: round(1000 * float(np.median(t[len(photos):])), 3) for name, t in times.items()}
-        out[f"{pause}_ms"] = {**row, "speedup": round(row["face_recognition"] / row["edge_face"], 2)}
-    return out
+    img = fr.load_image_file(BytesIO(data))
+    boxes = fr.face_locations(img)
+    if boxes:
+        fr.face_encodings(img, known_face_locations=[max(boxes, key=lambda b: (b[2] - b[0]) * (b[1] - b[3]))])
 
 
 def embedder_roofline(family: str, model_dir: Path, threads: int, runs: int = 100) -> dict[str, float]:
