@@ -7,8 +7,11 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -33,7 +36,7 @@ def cpu_model() -> str:
     return "unknown"
 
 
-def after_pauses(runs: dict[str, Callable[[bytes], object]], photos: list[bytes],
+def after_pauses(runs: dict[str, Callable[[T], object]], photos: list[T],
                  pauses_ms: tuple[int, ...] = (0, 80)) -> dict[str, dict[str, float]]:
     """Median ms of each run on the photos (twice, the first pass discarded), each photo after a pause with
     this process asleep (0: back to back), one run after the other: what a photo costs after an idle
