@@ -35,7 +35,7 @@ def state_dir(tmp_path: Path) -> Path:
 def test_the_same_build_needs_no_snapshot(state_dir: Path) -> None:
     rc, previous = check(state_dir)
     assert rc == 0 and previous["refuse"] is None
-    assert previous["formats"]["store"]["found"] == {"version": 2, "min_reader": 2}
+    assert previous["formats"]["store"]["found"] == {"version": 3, "min_reader": 2}
     rc, report = check(state_dir, "--previous", json.dumps(previous))
     assert rc == 0 and not report["snapshot"]
     assert all(f["previous_reads"] for f in report["formats"].values())
@@ -43,7 +43,7 @@ def test_the_same_build_needs_no_snapshot(state_dir: Path) -> None:
 
 def test_a_release_that_cannot_read_the_state_stops_the_upgrade(state_dir: Path) -> None:
     with sqlite3.connect(state_dir / DB_FILE) as conn:
-        conn.executescript("INSERT INTO meta VALUES ('min_reader', 3); PRAGMA user_version = 3;")
+        conn.executescript("INSERT OR REPLACE INTO meta VALUES ('min_reader', 4); PRAGMA user_version = 4;")
     conn.close()
     before = (state_dir / DB_FILE).read_bytes()
     rc, report = check(state_dir, "--previous", "")
@@ -52,10 +52,10 @@ def test_a_release_that_cannot_read_the_state_stops_the_upgrade(state_dir: Path)
 
 
 @pytest.mark.parametrize(("new_store", "previous_knows_stamps", "snapshot"), [
-    (Stamp(3, 2), True, False),   # additive: the previous release reads version 3 from 2 on
-    (Stamp(3, 3), True, True),    # incompatible
-    (Stamp(3, 2), False, True),   # a release from before stamps reads only version 2
-    (Stamp(2, 2), False, False),  # nothing changes
+    (Stamp(4, 3), True, False),   # additive: the previous release reads version 4 from 3 on
+    (Stamp(4, 4), True, True),    # incompatible
+    (Stamp(4, 3), False, True),   # a release from before stamps reads only version 2
+    (Stamp(3, 2), True, False),   # nothing changes
 ])
 def test_a_snapshot_only_when_the_previous_release_would_not_read_what_the_new_one_leaves(
         state_dir: Path, monkeypatch: pytest.MonkeyPatch, new_store: Stamp, previous_knows_stamps: bool,

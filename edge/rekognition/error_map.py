@@ -21,6 +21,10 @@ def api_error(exc: store.StoreError) -> errors.RekognitionError | None:
         case store.UserExists():
             return errors.ConflictException(
                 f"A user with the id {exc.user_id} already exists in collection {exc.collection_id}")
+        case store.TooManyTags():
+            return errors.ServiceQuotaExceededException(
+                f"A resource can have at most {exc.limit} tags: this request would leave collection "
+                f"{exc.collection_id} with more. Nothing was changed")
         case store.FaceNotFound():
             return errors.InvalidParameterException(
                 f"The face id: {exc.face_id} does not exist in collection {exc.collection_id}")

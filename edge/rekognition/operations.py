@@ -21,7 +21,7 @@ import numpy as np
 
 from edge import errors
 from edge.config import ServiceSettings
-from edge.rekognition import shapes, users
+from edge.rekognition import arns, shapes, users
 from edge.rekognition.error_map import api_error
 from edge.rekognition.images import ImageSource
 from edge.rekognition.tokens import TokenSigner
@@ -39,6 +39,8 @@ MAX_DETECTED_FACES = 100
 MAX_FACES_PER_USER = 100
 DEFAULT_PAGE = 1000
 DEFAULT_SEARCH_MAX_FACES = 80
+#: AWS's limit on tags per resource (the model's TagMap allows 200 in one request, its quota 50 in all).
+MAX_TAGS = 50
 #: Collection searches, each logged as a decision (edge.store.access_log).
 SEARCHES = frozenset({"SearchFaces", "SearchFacesByImage", "SearchUsers", "SearchUsersByImage"})
 # ImageId is derived from the image's bytes, so indexing the same image again is recognised.
@@ -98,7 +100,8 @@ class Rekognition:
         cid = p["CollectionId"]
         arn = f"aws:rekognition:{self.settings.region}:{self.settings.account_id}:collection/{cid}"
         record = self.store.create_collection(cid, face_model_version=self.face_model_version,
-                                              dim=self.pipeline.embedder.dim, arn=arn)
+                                              dim=self.pipeline.embedder.dim, arn=arn, tags=p.get("Tags"),
+                                              max_tags=MAX_TAGS)
         return {"StatusCode": 200, "CollectionArn": record.arn, "FaceModelVersion": record.face_model_version}
 
     def delete_collection(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -124,6 +127,27 @@ class Rekognition:
         if len(records) > offset + limit:
             out["NextToken"] = self._tokens.issue("ListCollections", str(offset + limit))
         return out
+
+    # tags: of collections, the only resources edge-face has
+
+    def tag_resource(self, p: dict[str, Any]) -> dict[str, Any]:
+        self.store.tag_collection(self._tagged(p["ResourceArn"]), p["Tags"], max_tags=MAX_TAGS)
+        return {}
+
+    def untag_resource(self, p: dict[str, Any]) -> dict[str, Any]:
+        self.store.untag_collection(self._tagged(p["ResourceArn"]), p["TagKeys"])
+        return {}
+
+    def list_tags_for_resource(self, p: dict[str, Any]) -> dict[str, Any]:
+        return {"Tags": self.store.tags(self._tagged(p["ResourceArn"]))}
+
+    def _tagged(self, arn: str) -> str:
+        """The id of the collection of this store that `arn` names; a collection of that id under another
+        region or account (another ARN) is not this one."""
+        cid = arns.collection_id(arn)
+        if self.store.get_collection(cid).arn != arns.canonical(arn):
+            raise errors.ResourceNotFoundException(f"The resource {arn} does not exist")
+        return cid
 
     # faces
 
@@ -448,6 +472,9 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     Operation("DeleteCollection", Rekognition.delete_collection, read_only=False, takes_image=False),
     Operation("DescribeCollection", Rekognition.describe_collection, read_only=True, takes_image=False),
     Operation("ListCollections", Rekognition.list_collections, read_only=True, takes_image=False),
+    Operation("TagResource", Rekognition.tag_resource, read_only=False, takes_image=False),
+    Operation("UntagResource", Rekognition.untag_resource, read_only=False, takes_image=False),
+    Operation("ListTagsForResource", Rekognition.list_tags_for_resource, read_only=True, takes_image=False),
     Operation("IndexFaces", Rekognition.index_faces, read_only=False, takes_image=True),
     Operation("ListFaces", Rekognition.list_faces, read_only=True, takes_image=False),
     Operation("DeleteFaces", Rekognition.delete_faces, read_only=False, takes_image=False),
@@ -463,6 +490,16 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     Operation("SearchUsers", Rekognition.search_users, read_only=True, takes_image=False),
     Operation("SearchUsersByImage", Rekognition.search_users_by_image, read_only=True, takes_image=True),
 )}
+
+
+def request_collection(params: object) -> object:
+    """The collection a request names, as sent (not yet validated), for the key scopes: its CollectionId, or
+    the collection its ResourceArn names (the tagging operations); None when it names none."""
+    if not isinstance(params, dict):
+        return None
+    if "ResourceArn" in params:
+        return arns.named_collection(params["ResourceArn"])
+    return params.get("CollectionId")
 
 
 def decision(operation: str, request: dict[str, Any], response: dict[str, Any], caller: str | None) -> Decision:

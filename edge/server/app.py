@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge import errors
 from edge.config import ServerSettings, Settings
-from edge.rekognition.operations import OPERATIONS, Rekognition
+from edge.rekognition.operations import OPERATIONS, Rekognition, request_collection
 from edge.rekognition.tokens import token_secret
 from edge.server.auth import Authenticator, Claim, HostCheck, HttpRequest, Principal, is_loopback, key_id
 from edge.server.connections import guarded_protocol, quiet_accept_errors
@@ -149,7 +149,7 @@ class Daemon:
         principal.authorize(operation)
         if isinstance(params, errors.SerializationException):
             raise params  # malformed JSON is reported only to a caller allowed to call the operation
-        principal.authorize_collection(operation, params.get("CollectionId") if isinstance(params, dict) else None)
+        principal.authorize_collection(operation, request_collection(params))
         caller = principal.access_key_id
         if OPERATIONS[operation].takes_image:
             return await self.pool.run(lambda worker: worker.call(operation, params, caller=caller))

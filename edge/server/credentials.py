@@ -49,6 +49,11 @@ SCOPES: dict[str, frozenset[str] | None] = {
     "search": frozenset({"SearchFacesByImage", "SearchUsersByImage", "SearchFaces", "SearchUsers", "DetectFaces",
                          "CompareFaces"}),
 }
+#: Named scopes as earlier releases stored them (keys.json lists a key's operations): such a key has the scope,
+#: with the operations added to it since (ListTagsForResource, for read-only keys).
+_EARLIER_SCOPES: dict[frozenset[str], str] = {
+    frozenset(SCOPES["read-only"] or ()) - {"ListTagsForResource"}: "read-only",
+}
 #: The keys made on first start: (name, scope).
 FIRST_KEYS = (("admin", "admin"), ("kiosk", "read-only"))
 _KEY_ID_ALPHABET = string.ascii_uppercase + string.digits
@@ -270,9 +275,18 @@ class KeyStore:
             raise ValueError(f"{self.path}: the secret of {stored.access_key_id} does not open with this master "
                              "key (another device's master key, or an edited file)") from None
         return AccessKey(name=stored.name, access_key_id=stored.access_key_id, secret_access_key=secret,
-                         operations=None if stored.operations is None else frozenset(stored.operations),
+                         operations=_current_operations(stored.operations),
                          collections=None if stored.collections is None else frozenset(stored.collections),
                          created_at=stored.created_at, revoked_at=stored.revoked_at)
+
+
+def _current_operations(stored: list[str] | None) -> frozenset[str] | None:
+    """A stored key's operations, a named scope of an earlier release brought up to date."""
+    if stored is None:
+        return None
+    operations = frozenset(stored)
+    earlier = _EARLIER_SCOPES.get(operations)
+    return SCOPES[earlier] if earlier is not None else operations
 
 
 def key_from_spec(spec: Any) -> AccessKey:

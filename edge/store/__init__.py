@@ -15,6 +15,7 @@ from edge.store.errors import (
     StoreError,
     StoreLocked,
     StoreUnwritable,
+    TooManyTags,
     UserExists,
     UserNotFound,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "StoreLocked",
     "StoreUnwritable",
     "SyncState",
+    "TooManyTags",
     "UserExists",
     "UserNotFound",
     "UserRecord",

@@ -24,10 +24,12 @@ from edge.store.formats import Stamp, opened_stamp, stamp_sql
 from edge.store.index import Labels
 from edge.store.models import BoundingBox, CollectionRecord, FaceRecord, NewFace, SyncState, UserRecord, Vector
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIN_READER = 2
 """The oldest schema version whose builds may open what this build writes (`edge.store.formats`). Version 2's
-remembered answers must be erased with the users they name, which a version 1 build would not do."""
+remembered answers must be erased with the users they name, which a version 1 build would not do. Version 3's
+tags may be ignored by a version 2 build: they are keyed by the collection's uid, so tags of a collection that
+build deleted name no live collection (and are pruned here), and never reappear on a namesake."""
 STAMP = Stamp(SCHEMA_VERSION, MIN_READER)
 BUSY_TIMEOUT_MS = 30_000
 FETCH_CHUNK = 50_000
@@ -58,6 +60,16 @@ CREATE TABLE requests (
     collection_id TEXT NOT NULL,
     answer TEXT NOT NULL,
     expires_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+# Version 3: Rekognition's tags of a collection (TagResource), keyed by the collection's uid (see MIN_READER).
+_TAGS = """
+CREATE TABLE collection_tags (
+    uid TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (uid, key)
 ) WITHOUT ROWID;
 """
 
@@ -116,9 +128,10 @@ CREATE TABLE changes (
 );
 CREATE INDEX changes_by_collection ON changes (collection_id, seq);
 {_REQUESTS}
+{_TAGS}
 """
 #: The script that takes a database from version k to k + 1.
-_MIGRATIONS = {1: _REQUESTS}
+_MIGRATIONS = {1: _REQUESTS, 2: _TAGS}
 
 # Collections this device follows from a central (edge/sync). Created where missing, so a state
 # directory from before fleet sync opens unchanged.
@@ -225,9 +238,32 @@ class Tx:
         return [CollectionRecord(*row) for row in rows]
 
     def delete_collection(self, collection_id: str) -> None:
-        """Delete the collection's rows everywhere, its change log and remembered answers too."""
+        """Delete the collection's rows everywhere, its change log, remembered answers and tags too."""
+        self._conn.execute(
+            "DELETE FROM collection_tags WHERE uid IN (SELECT uid FROM collections WHERE collection_id = ?)",
+            (collection_id,),
+        )
         for table in ("faces", "users", "collections", "changes", "requests"):
             self._conn.execute(f"DELETE FROM {table} WHERE collection_id = ?", (collection_id,))
+
+    def tags(self, uid: str) -> dict[str, str]:
+        rows = self._conn.execute("SELECT key, value FROM collection_tags WHERE uid = ? ORDER BY key", (uid,))
+        return dict(rows.fetchall())
+
+    def put_tags(self, uid: str, tags: dict[str, str]) -> None:
+        """Add tags, replacing the value of a key already there."""
+        self._conn.executemany(
+            "INSERT INTO collection_tags (uid, key, value) VALUES (?, ?, ?)"
+            " ON CONFLICT (uid, key) DO UPDATE SET value = excluded.value",
+            [(uid, key, value) for key, value in tags.items()],
+        )
+
+    def remove_tags(self, uid: str, keys: Sequence[str]) -> None:
+        self._conn.execute(f"DELETE FROM collection_tags WHERE uid = ? AND key IN ({_marks(keys)})", (uid, *keys))
+
+    def prune_orphan_tags(self) -> int:
+        """Drop tags of collections that no longer exist (a version 2 build deleted them)."""
+        return self._conn.execute("DELETE FROM collection_tags WHERE uid NOT IN (SELECT uid FROM collections)").rowcount
 
     # faces
 

@@ -30,6 +30,15 @@ class CollectionExists(StoreError):
         self.collection_id = collection_id
 
 
+class TooManyTags(StoreError):
+    """A tag write that would leave the collection with more tags than allowed; nothing was changed."""
+
+    def __init__(self, collection_id: str, limit: int) -> None:
+        super().__init__(f"collection {collection_id!r} would have more than {limit} tags")
+        self.collection_id = collection_id
+        self.limit = limit
+
+
 class FaceNotFound(StoreError):
     def __init__(self, collection_id: str, face_id: str) -> None:
         super().__init__(f"face {face_id!r} not found in collection {collection_id!r}")

@@ -87,6 +87,13 @@ CREATE TABLE IF NOT EXISTS requests (
     answer TEXT NOT NULL,
     expires_at DOUBLE PRECISION NOT NULL
 );
+-- Rekognition's tags of a collection, by its uid (edge.store.db has the why).
+CREATE TABLE IF NOT EXISTS collection_tags (
+    uid TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (uid, key)
+);
 CREATE TABLE IF NOT EXISTS synced_collections (
     collection_id TEXT PRIMARY KEY,
     source TEXT NOT NULL,

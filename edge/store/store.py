@@ -16,7 +16,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,7 @@ from edge.store.errors import (
     RequestMismatch,
     StoreLocked,
     StoreUnwritable,
+    TooManyTags,
     UserExists,
     UserNotFound,
     storage_error,
@@ -256,7 +257,11 @@ class Store:
 
     # collections
 
-    def create_collection(self, collection_id: str, *, face_model_version: str, dim: int, arn: str) -> CollectionRecord:
+    def create_collection(self, collection_id: str, *, face_model_version: str, dim: int, arn: str,
+                          tags: Mapping[str, str] | None = None, max_tags: int | None = None) -> CollectionRecord:
+        """Create the collection with its tags in one transaction; more than `max_tags` is refused (TooManyTags)."""
+        if max_tags is not None and tags is not None and len(tags) > max_tags:
+            raise TooManyTags(collection_id, max_tags)
         record = CollectionRecord(
             collection_id=collection_id,
             arn=arn,
@@ -270,6 +275,7 @@ class Store:
                 if tx.get_collection(collection_id) is not None:
                     raise CollectionExists(collection_id)
                 tx.insert_collection(record)
+                tx.put_tags(record.uid, dict(tags or {}))
                 tx.record_changes(collection_id, "collection_created", [collection_id])
             self._collections[collection_id] = _Collection(
                 record, ExactIndex(dim), RWLock(), applied_seq=0, saved_seq=-1, recovery=Recovery("exact")
@@ -283,6 +289,21 @@ class Store:
 
     def get_collection(self, collection_id: str) -> CollectionRecord:
         return self._state(collection_id).record
+
+    def tags(self, collection_id: str) -> dict[str, str]:
+        """The collection's tags. They are this store's own: a synced collection's are not the central's."""
+        record = self._state(collection_id).record
+        with self._db.read() as tx:
+            return tx.tags(record.uid)
+
+    def tag_collection(self, collection_id: str, tags: Mapping[str, str], *, max_tags: int) -> None:
+        """Add tags (a key already there takes the new value); refused whole (TooManyTags) if the collection
+        would have more than `max_tags`."""
+        self._change_tags(collection_id, lambda tx, uid: tx.put_tags(uid, dict(tags)), max_tags)
+
+    def untag_collection(self, collection_id: str, keys: Sequence[str]) -> None:
+        """Remove tags by key; a key the collection does not have is no error (as in Rekognition)."""
+        self._change_tags(collection_id, lambda tx, uid: tx.remove_tags(uid, list(keys)), None)
 
     def list_collections(
         self, after: str | None = None, limit: int = 1000
@@ -725,6 +746,18 @@ class Store:
         shutil.rmtree(self._directory(state.record), ignore_errors=True)
         self.access_log.erase_collection(collection_id)
 
+    def _change_tags(self, collection_id: str, change: Callable[[Tx, str], None], max_tags: int | None) -> None:
+        """Change the tags of the collection as it is when the write begins (a namesake created meanwhile by
+        another instance is not this one), within the limit."""
+        uid = self._state(collection_id).record.uid
+        with self._write_lock, self._write(collection_id) as tx:
+            record = tx.get_collection(collection_id)
+            if record is None or record.uid != uid:
+                raise CollectionNotFound(collection_id)
+            change(tx, uid)
+            if max_tags is not None and len(tx.tags(uid)) > max_tags:
+                raise TooManyTags(collection_id, max_tags)  # rolls the change back
+
     def _state(self, collection_id: str) -> _Collection:
         state = self._collections.get(collection_id)
         if self._db.shared:
@@ -792,6 +825,7 @@ class Store:
                 tx.prune_changes(cid, before, replayed_to)
             tx.prune_orphan_changes(before, list(self._collections))
             tx.prune_requests(now)
+            tx.prune_orphan_tags()  # a version 2 build deletes a collection but not its tags
 
     def _shared_state(self, collection_id: str, state: _Collection | None) -> _Collection | None:
         """On a database other instances write too, the collection as the database has it now."""

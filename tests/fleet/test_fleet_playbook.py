@@ -233,12 +233,13 @@ def broken_bundle_dir(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture(scope="module")
 def migrating_bundle_dir(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A release whose store schema (version 3) the release before it cannot read (min_reader 3), and whose
+    """A release whose store schema (version 4) the release before it cannot read (min_reader 4), and whose
     `serve` migrates the state to it and then fails: what a rollback must undo."""
     return rebuilt_bundle(bundle_dir, tmp_path_factory.mktemp("migrating"), {
         "edge/store/db.py": [
-            ("SCHEMA_VERSION = 2\nMIN_READER = 2\n", "SCHEMA_VERSION = 3\nMIN_READER = 3\n"),
-            ("_MIGRATIONS = {1: _REQUESTS}", '_MIGRATIONS = {1: _REQUESTS, 2: "CREATE TABLE v3 (x);"}')],
+            ("SCHEMA_VERSION = 3\nMIN_READER = 2\n", "SCHEMA_VERSION = 4\nMIN_READER = 4\n"),
+            ("_MIGRATIONS = {1: _REQUESTS, 2: _TAGS}",
+             '_MIGRATIONS = {1: _REQUESTS, 2: _TAGS, 3: "CREATE TABLE v4 (x);"}')],
         "edge/cli/__init__.py": [(SERVE, SERVE + "    from edge.store import open_store\n\n"
                                   "    open_store(Path(args.state_dir), settings.store).close()\n"
                                   '    raise SystemExit("this release migrates the state, then fails on purpose")\n')],
@@ -459,7 +460,7 @@ def test_a_release_that_migrates_the_state_out_of_reach_and_fails_is_rolled_back
     run = site.playbook("--limit", "door-a", bundle_dir=migrating_bundle_dir)
     assert run.returncode != 0
     log = (door.prefix / "var/log/edge-face.log").read_text()
-    assert "this release migrates the state, then fails on purpose" in log  # it did: the store was at version 3
+    assert "this release migrates the state, then fails on purpose" in log  # it did: the store was at version 4
     rolled_back(run, "door-a", good)
     assert "Its state was put back as it was before the upgrade." in " ".join(run.output.split())
     assert door.current_release() == good

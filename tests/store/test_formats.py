@@ -62,7 +62,7 @@ def _top1(store: Store, vector: np.ndarray) -> str:
 def test_state_from_a_newer_compatible_build_opens_and_serves(open_store: OpenStore, state_dir: Path) -> None:
     store, ids, vectors = _enrolled(open_store)
     store.close()
-    _stamp_as(state_dir / DB_FILE, Stamp(3, 2), "CREATE TABLE face_notes (face_id TEXT, note TEXT);")
+    _stamp_as(state_dir / DB_FILE, Stamp(4, 2), "CREATE TABLE face_notes (face_id TEXT, note TEXT);")
     _stamp_as(state_dir / LOG_FILE, Stamp(2, 1), "ALTER TABLE decisions ADD COLUMN device TEXT;")
     for manifest in _manifests(state_dir):  # an index format 2 that format 1 may read, with a field it ignores
         fields = json.loads(manifest.read_text()) | {"format": 2, "min_reader": 1, "graph_quality": 0.99}
@@ -76,7 +76,7 @@ def test_state_from_a_newer_compatible_build_opens_and_serves(open_store: OpenSt
     older.close()
     # What the newer build added is still there, and still says which builds may read it; the index, a cache
     # this build saved again after the new face, is in this build's format.
-    assert found_stamps(state_dir) == {"store": Stamp(3, 2), "access_log": Stamp(2, 1), "index": Stamp(1, 1)}
+    assert found_stamps(state_dir) == {"store": Stamp(4, 2), "access_log": Stamp(2, 1), "index": Stamp(1, 1)}
     with sqlite3.connect(state_dir / DB_FILE) as conn:
         assert conn.execute("SELECT count(*) FROM face_notes").fetchone() == (0,)
     conn.close()
@@ -86,12 +86,12 @@ def test_state_from_a_newer_compatible_build_opens_and_serves(open_store: OpenSt
 def test_state_from_an_incompatible_newer_build_is_refused_unchanged(open_store: OpenStore, state_dir: Path) -> None:
     store, _, _ = _enrolled(open_store)
     store.close()
-    _stamp_as(state_dir / DB_FILE, Stamp(3, 3), "CREATE TABLE faces_v3 (label INTEGER);")
+    _stamp_as(state_dir / DB_FILE, Stamp(4, 4), "CREATE TABLE faces_v4 (label INTEGER);")
     before = _files(state_dir)
     with pytest.raises(StateTooNew) as refused:
         open_store()
     message = str(refused.value)
-    assert "format version 3" in message and "reads up to version 2" in message
+    assert "format version 4" in message and "reads up to version 3" in message
     assert "restore the state saved before the upgrade" in message
     assert _files(state_dir) == before
 
@@ -101,7 +101,7 @@ def test_an_incompatible_access_log_is_refused_before_the_store_is_migrated(open
     store, _, _ = _enrolled(open_store)
     store.close()
     with sqlite3.connect(state_dir / DB_FILE) as conn:  # a version 1 store: this build would migrate it
-        conn.executescript("DROP TABLE requests; DROP TABLE meta; PRAGMA user_version = 1;")
+        conn.executescript("DROP TABLE requests; DROP TABLE meta; DROP TABLE collection_tags; PRAGMA user_version = 1;")
     conn.close()
     _stamp_as(state_dir / LOG_FILE, Stamp(2, 2))
     before = _files(state_dir)
@@ -127,8 +127,9 @@ def test_files_this_build_writes_carry_no_min_reader_when_it_equals_the_version(
     _enrolled(open_store)[0].close()
     assert all("min_reader" not in json.loads(m.read_text()) for m in _manifests(state_dir))
     with sqlite3.connect(state_dir / DB_FILE) as conn:
-        assert conn.execute("SELECT count(*) FROM meta WHERE key = 'min_reader'").fetchone() == (0,)
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        # The store's version 3 (tags) is one version 2 may read: its min_reader differs, and is recorded.
+        assert conn.execute("SELECT value FROM meta WHERE key = 'min_reader'").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
     conn.close()
     assert sqlite_file_stamp(state_dir / LOG_FILE) == Stamp(1, 1)
 
@@ -167,7 +168,7 @@ def test_a_snapshot_taken_while_the_store_writes_restores_the_state_of_its_momen
     # The new release enrols, deletes, migrates beyond what this build reads, and is stopped.
     store.delete_faces("c", ids[:5])
     store.close()
-    _stamp_as(state_dir / DB_FILE, Stamp(3, 3), "CREATE TABLE faces_v3 (label INTEGER);")
+    _stamp_as(state_dir / DB_FILE, Stamp(4, 4), "CREATE TABLE faces_v4 (label INTEGER);")
     with pytest.raises(StateTooNew):
         open_store()
 
@@ -177,7 +178,7 @@ def test_a_snapshot_taken_while_the_store_writes_restores_the_state_of_its_momen
     assert set(ids) <= faces  # the five deleted after the snapshot are back: the rollback undoes them
     assert len(faces) in (len(ids), len(ids) + 200)  # the concurrent batch wholly or not at all
     assert [_top1(restored, v) for v in vectors] == ids
-    assert sqlite_file_stamp(state_dir / DB_FILE) == Stamp(2, 2)
+    assert sqlite_file_stamp(state_dir / DB_FILE) == Stamp(3, 2)
 
 
 def test_a_snapshot_cut_short_is_never_restored(open_store: OpenStore, state_dir: Path) -> None:
@@ -189,3 +190,31 @@ def test_a_snapshot_cut_short_is_never_restored(open_store: OpenStore, state_dir
     with pytest.raises(StoreError, match="not a complete snapshot"):
         restore_snapshot(state_dir, snapshot)
     assert _files(state_dir) == before
+
+
+def test_a_version_2_store_gains_tags_and_a_version_2_build_may_still_open_it(open_store: OpenStore,
+                                                                             state_dir: Path) -> None:
+    """Tags are additive (min_reader stays 2): a version 2 build opens the file, and a collection it deletes,
+    not knowing tags, never hands them on to a namesake."""
+    store, ids, _ = _enrolled(open_store)
+    store.close()
+    with sqlite3.connect(state_dir / DB_FILE) as conn:  # the store as a version 2 build leaves it
+        conn.executescript("DROP TABLE collection_tags; PRAGMA user_version = 2;")
+    conn.close()
+    migrated = open_store(exact_max=0)
+    assert [f.face_id for f in migrated.list_faces("c", limit=100)[0]] == sorted(ids)
+    migrated.tag_collection("c", {"team": "door"}, max_tags=50)
+    migrated.close()
+    assert sqlite_file_stamp(state_dir / DB_FILE) == Stamp(3, 2)
+    assert Stamp(3, 2).readable_by(2)
+    with sqlite3.connect(state_dir / DB_FILE) as conn:  # a version 2 build's DeleteCollection: tags untouched
+        for table in ("faces", "users", "collections", "changes", "requests"):
+            conn.execute(f"DELETE FROM {table} WHERE collection_id = 'c'")
+    conn.close()
+    again = open_store()
+    again.create_collection("c", face_model_version=MODEL, dim=DIM, arn="arn:c")
+    assert again.tags("c") == {}
+    again.checkpoint()
+    with sqlite3.connect(state_dir / DB_FILE) as conn:
+        assert conn.execute("SELECT count(*) FROM collection_tags").fetchone() == (0,)  # the orphans pruned
+    conn.close()

@@ -263,7 +263,7 @@ def test_a_version_1_database_is_upgraded_in_place(open_store: OpenStore, state_
     store, ids, _ = _store_with_faces(open_store, 5)
     store.close()
     with sqlite3.connect(state_dir / DB_FILE) as db:  # what the previous version made
-        db.executescript("DROP TABLE requests; DROP TABLE meta; PRAGMA user_version = 1;")
+        db.executescript("DROP TABLE requests; DROP TABLE meta; DROP TABLE collection_tags; PRAGMA user_version = 1;")
     upgraded = open_store()
     assert [f.face_id for f in upgraded.list_faces("c")[0]] == sorted(ids)
     assert upgraded.run_once("key", "fingerprint", "c", 60, lambda: "answer") == "answer"
