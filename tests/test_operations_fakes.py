@@ -102,7 +102,7 @@ def test_users_are_found_by_image_and_deleted_faces_are_not(ops: Rekognition, do
 def test_the_table_lets_read_only_keys_change_nothing() -> None:
     """Every operation that writes is outside a read-only key's reach, whatever its name."""
     writes = {"CreateCollection", "DeleteCollection", "IndexFaces", "DeleteFaces", "CreateUser", "DeleteUser",
-              "AssociateFaces", "DisassociateFaces"}
+              "AssociateFaces", "DisassociateFaces", "TagResource", "UntagResource"}
     assert {name for name, op in OPERATIONS.items() if not op.read_only} == writes
     assert {name for name, op in OPERATIONS.items() if op.takes_image} == {
         "IndexFaces", "SearchFacesByImage", "DetectFaces", "CompareFaces", "SearchUsersByImage"}
