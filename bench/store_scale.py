@@ -30,7 +30,7 @@ import numpy as np
 from bench.machine import cpu_model
 from bench.synthetic import SyntheticFaces, new_faces
 from edge.store import HnswParams, Store
-from edge.store.index import HNSWLIB_VERSION, ExactIndex, auto_ef
+from edge.store.index import HNSWLIB_VERSION, ExactIndex, auto_ef, graph_dim
 from edge.store.store import RESERVE_FILE
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -167,7 +167,8 @@ def measure(
                 "dim": dim,
                 "m": params.m,
                 "ef_construction": params.ef_construction,
-                "ef": ef or auto_ef(size, dim),
+                "ef": ef or auto_ef(size),
+                "graph_dim": graph_dim(dim),
                 "ef_auto": ef is None,
                 "build_s": round(build_s, 1),
                 "faces_per_s": round(size / build_s),

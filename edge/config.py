@@ -85,7 +85,7 @@ class StoreSettings(BaseModel):
     #: (faster) search, for more memory and a slower build (bench/store_scale.py, README).
     hnsw_m: int = Field(default=32, ge=2, le=128)
     hnsw_ef_construction: int = Field(default=200, ge=8)
-    #: Search breadth; unset, it grows with the collection (edge.store.index.EF_BY_SIZE) so that
+    #: Search breadth; unset, it grows with the collection (edge.store.index.auto_ef) so that
     #: recall stays put as the collection grows. A number fixes it for every size.
     hnsw_ef: int | None = Field(default=None, ge=8)
     #: How often changed indexes are saved and the write-ahead log truncated.

@@ -58,6 +58,6 @@ def test_store_search_breadth_follows_the_collection_unless_configured(tmp_path:
                                       bounding_box=BoundingBox(0.1, 0.1, 0, 0), confidence=99.0) for i in range(20)],
                         model_version="m")
         index = store._collections["c"].index
-        assert isinstance(index, HnswIndex) and index.ef == (configured or auto_ef(20, 8))
+        assert isinstance(index, HnswIndex) and index.ef == (configured or auto_ef(20))
     finally:
         store.close()

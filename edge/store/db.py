@@ -327,6 +327,17 @@ class Tx:
         )
         return dict(map(_face, rows))
 
+    def vectors_by_labels(self, collection_id: str, labels: Sequence[int], dim: int) -> tuple[Labels, Vector]:
+        """The stored vectors of those of `labels` that are still faces of the collection."""
+        if not labels:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, dim), dtype=np.float32)
+        rows = self._conn.execute(
+            f"SELECT label, vector FROM faces NOT INDEXED WHERE label IN ({_marks(labels)}) AND collection_id = ?",
+            (*labels, collection_id),
+        ).fetchall()
+        vectors = np.frombuffer(b"".join(blob for _, blob in rows), dtype="<f4").reshape(len(rows), dim)
+        return np.asarray([label for label, _ in rows], dtype=np.int64), vectors.astype(np.float32)
+
     def delete_faces(self, labels: Sequence[int]) -> None:
         self._conn.execute(f"DELETE FROM faces WHERE label IN ({_marks(labels)})", tuple(labels))
 

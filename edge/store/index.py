@@ -2,6 +2,9 @@
 
 Both hold L2-normalised float32 vectors, so inner product is cosine similarity.  SQLite stays the
 source of truth: an index file is a cache that is verified on load and rebuilt whenever in doubt.
+
+Vectors wider than `GRAPH_DIM` are walked in the graph as their `Projection`, whose scores only rank
+candidates: the store re-scores those with the full vectors it keeps (`VectorIndex.exact_scores`).
 """
 
 from __future__ import annotations
@@ -30,8 +33,12 @@ from edge.store.models import CollectionRecord, Vector
 Labels = npt.NDArray[np.int64]
 
 SPACE = "ip"
-#: The index files' format (`edge.store.formats`), recorded in the manifest as `format` and `min_reader`.
-STAMP = Stamp(1, 1)
+#: The index files' format (`edge.store.formats`): this build reads up to version 2. A graph of full vectors
+#: is written as version 1, as before; one of projected vectors as version 2, which earlier builds may not
+#: read (they rebuild it from SQLite, as for any index they cannot use).
+STAMP = Stamp(2, 1)
+_FULL = Stamp(1, 1)
+_PROJECTED = Stamp(2, 2)
 INDEX_FILE = "index.bin"
 MANIFEST_FILE = "index.json"
 TMP_SUFFIX = ".tmp"
@@ -48,6 +55,55 @@ _HEADER = struct.Struct("<6QiI3QdQ")
 _DELETE_MARK = 0x01
 
 
+GRAPH_DIM = 128
+"""The widest vectors a graph holds as they are: at 1M 512-d faces a graph of the vectors themselves needed
+ef 500 for recall@1 0.998 (5.5 ms a search, 2.4 GB), one of their 128-d projection re-scored exactly gets there
+with a quarter of the memory and distance work (bench/store_scale.py, README)."""
+
+
+class Projection:
+    """A fixed random projection to `GRAPH_DIM` dimensions, re-normalised: inner products of the projected
+    vectors estimate the cosines of the full ones (Johnson-Lindenstrauss), well enough to rank candidates.
+
+    Its entries are +-1/sqrt(GRAPH_DIM) with signs taken from SHA-256 of a fixed text, so every build, machine
+    and library version derives the same matrix: a graph shipped by a central is walked with the same one.
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.name = _projection_name(dim)
+        """What manifests and shipped graphs record, so that a graph is walked only with its own projection."""
+        need = dim * GRAPH_DIM // 8
+        digests = b"".join(
+            hashlib.sha256(f"edge-face/{self.name}/{block}".encode()).digest() for block in range(-(-need // 32))
+        )
+        bits = np.unpackbits(np.frombuffer(digests[:need], dtype=np.uint8)).reshape(dim, GRAPH_DIM)
+        self._matrix = ((bits.astype(np.float32) * 2 - 1) / np.sqrt(GRAPH_DIM)).astype(np.float32)
+
+    def __call__(self, vectors: Vector) -> Vector:
+        projected = np.atleast_2d(vectors) @ self._matrix
+        norms = np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+        return np.ascontiguousarray(projected / norms, dtype=np.float32)
+
+
+def projection_for(dim: int) -> Projection | None:
+    """The projection a graph of `dim`-wide vectors is built over; None where it holds them as they are."""
+    return Projection(dim) if dim > GRAPH_DIM else None
+
+
+def projection_name(dim: int) -> str | None:
+    """`Projection.name` of `projection_for(dim)`, without deriving its matrix."""
+    return _projection_name(dim) if dim > GRAPH_DIM else None
+
+
+def _projection_name(dim: int) -> str:
+    return f"sha256-signs-{dim}x{GRAPH_DIM}"
+
+
+def graph_dim(dim: int) -> int:
+    """The width of the vectors a graph over `dim`-wide faces holds (what its search breadth follows)."""
+    return min(dim, GRAPH_DIM)
+
+
 def normalize(vectors: npt.ArrayLike, dim: int) -> Vector:
     """Unit-length float32 rows of shape (n, dim); refuses what has no direction."""
     rows = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
@@ -61,6 +117,11 @@ def normalize(vectors: npt.ArrayLike, dim: int) -> Vector:
 
 class VectorIndex(Protocol):
     """What the store needs from an index; callers serialise mutations against searches."""
+
+    @property
+    def exact_scores(self) -> bool:
+        """Whether `search`'s scores are the cosines themselves, or only rank candidates for re-scoring."""
+        ...
 
     def __len__(self) -> int: ...
 
@@ -82,6 +143,10 @@ class ExactIndex:
         self._vectors: Vector = np.zeros((0, dim), dtype=np.float32)
         self._labels: Labels = np.zeros(0, dtype=np.int64)
         self._rows: dict[int, int] = {}
+
+    @property
+    def exact_scores(self) -> bool:
+        return True
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -145,17 +210,14 @@ class HnswParams:
 
 EF_MIN = 32
 EF_SQRT_DIVISOR = 8
-EF_REFERENCE_DIM = 128
-"""ef = max(EF_MIN, sqrt(elements) / EF_SQRT_DIVISOR * max(1, dim / EF_REFERENCE_DIM)): on clustered faces
-(bench/store_scale.py, M 32) the breadth for a given recall@1 grew as the square root of the graph's size at
-128 dimensions, and at 1M faces 512 dimensions needed about four times the breadth of 128 (README)."""
+"""ef = max(EF_MIN, sqrt(elements) / EF_SQRT_DIVISOR): on clustered faces (bench/store_scale.py, M 32) the breadth
+for a given recall@1 grew as the square root of the graph's size; graphs hold at most `GRAPH_DIM` dimensions."""
 
 
-def auto_ef(elements: int, dim: int) -> int:
-    """The search breadth for a graph of this many elements of this width: a bigger graph, and wider
-    vectors, need a wider search for the same recall, and a small one should not pay for a 1M-face breadth."""
-    widening = max(1.0, dim / EF_REFERENCE_DIM)
-    return max(EF_MIN, math.ceil(math.sqrt(elements) / EF_SQRT_DIVISOR * widening))
+def auto_ef(elements: int) -> int:
+    """The search breadth for a graph of this many elements: a bigger graph needs a wider search for the same
+    recall, and a small one should not pay for a 1M-face breadth."""
+    return max(EF_MIN, math.ceil(math.sqrt(elements) / EF_SQRT_DIVISOR))
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +241,8 @@ class Manifest:
     saved_at: float
     min_reader: int
     """Written only where it differs from `format` (`edge.store.formats`)."""
+    projection: str | None = None
+    """`Projection.name` of a graph over projected vectors (format 2); absent for one of the vectors themselves."""
 
     @property
     def stamp(self) -> Stamp:
@@ -193,25 +257,35 @@ class HnswIndex:
     from memory too.
     """
 
-    def __init__(self, raw: hnswlib.Index, params: HnswParams, deleted: int) -> None:
+    def __init__(self, raw: hnswlib.Index, params: HnswParams, deleted: int, projection: Projection | None) -> None:
         self._raw = raw
         self._params = params
         self._deleted = deleted
+        self._projection = projection
         self._retune()
 
     @classmethod
     def build(cls, dim: int, params: HnswParams, labels: Labels, vectors: Vector) -> HnswIndex:
-        raw = hnswlib.Index(space=SPACE, dim=dim)
+        raw = hnswlib.Index(space=SPACE, dim=graph_dim(dim))
         raw.init_index(
             max_elements=max(len(labels), 1),
             M=params.m,
             ef_construction=params.ef_construction,
             allow_replace_deleted=True,
         )
-        index = cls(raw, params, deleted=0)
+        index = cls(raw, params, deleted=0, projection=projection_for(dim))
         if len(labels):
             index.add(labels, vectors)
         return index
+
+    @property
+    def exact_scores(self) -> bool:
+        return self._projection is None
+
+    @property
+    def projection(self) -> str | None:
+        """The name of the projection the graph holds, None where it holds the vectors themselves."""
+        return None if self._projection is None else self._projection.name
 
     def __len__(self) -> int:
         return int(self._raw.element_count) - self._deleted
@@ -232,7 +306,7 @@ class HnswIndex:
 
     def _retune(self) -> None:
         """Follow the graph's size (deleted slots are still walked); callers hold off searches."""
-        self._raw.set_ef(self._params.ef or auto_ef(self.element_count, int(self._raw.dim)))
+        self._raw.set_ef(self._params.ef or auto_ef(self.element_count))
 
     def add(self, labels: Labels, vectors: Vector) -> None:
         reused = min(len(labels), self._deleted)
@@ -240,7 +314,8 @@ class HnswIndex:
         capacity = int(self._raw.max_elements)
         if needed > capacity:
             self._raw.resize_index(max(needed, int(capacity * GROWTH)))
-        self._raw.add_items(vectors, labels, replace_deleted=True)
+        self._raw.add_items(vectors if self._projection is None else self._projection(vectors), labels,
+                            replace_deleted=True)
         self._deleted -= reused
         self._retune()
 
@@ -256,6 +331,8 @@ class HnswIndex:
         k = min(k, len(self))
         if k <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        if self._projection is not None:
+            query = self._projection(query)
         labels, distances = self._raw.knn_query(query, k=k, num_threads=1)
         return labels[0].astype(np.int64), (1.0 - distances[0]).astype(np.float32)
 
@@ -271,11 +348,12 @@ class HnswIndex:
         # a crash between the two renames leaves what `load` needs to roll it forward.
         with replacing(json_path, tmp=_tmp(json_path)) as json_tmp, replacing(bin_path, tmp=_tmp(bin_path)) as bin_tmp:
             self._raw.save_index(str(bin_tmp))
-            deleted = _scrub_deleted(bin_tmp, collection.dim, self._params, self.element_count)
+            deleted = _scrub_deleted(bin_tmp, graph_dim(collection.dim), self._params, self.element_count)
             if deleted != self._deleted:
                 raise IndexInvalid(f"saved file marks {deleted} deleted elements, expected {self._deleted}")
+            stamp = _FULL if self._projection is None else _PROJECTED
             manifest = Manifest(
-                format=STAMP.version,
+                format=stamp.version,
                 collection_id=collection.collection_id,
                 collection_uid=collection.uid,
                 face_model_version=collection.face_model_version,
@@ -289,11 +367,14 @@ class HnswIndex:
                 change_seq=change_seq,
                 sha256=_sha256(bin_tmp),
                 saved_at=time.time(),
-                min_reader=STAMP.min_reader,
+                min_reader=stamp.min_reader,
+                projection=None if self._projection is None else self._projection.name,
             )
             written = asdict(manifest)
             if manifest.min_reader == manifest.format:
                 del written["min_reader"]
+            if manifest.projection is None:
+                del written["projection"]
             json_tmp.write_text(json.dumps(written, indent=2, sort_keys=True))
             fsync_path(json_tmp)
         return manifest
@@ -315,7 +396,7 @@ class HnswIndex:
         The header is checked against this store's dim and parameters (IndexInvalid otherwise); each
         level-0 record ends with its label, which is shifted in place before hnswlib reads the file.
         """
-        size, _ = _check_header(data[:_HEADER.size], dim, params, count)
+        size, _ = _check_header(data[:_HEADER.size], graph_dim(dim), params, count)
         if len(data) < _HEADER.size + count * size:
             raise IndexInvalid("shipped index shorter than its elements")
         path = directory / f".{INDEX_FILE}.{os.getpid()}.shipped"
@@ -330,14 +411,14 @@ class HnswIndex:
             labels += np.uint64(first_label)
             records.flush()
             del records, labels
-            raw = hnswlib.Index(space=SPACE, dim=dim)
+            raw = hnswlib.Index(space=SPACE, dim=graph_dim(dim))
             try:
                 raw.load_index(str(path), allow_replace_deleted=True)
             except (RuntimeError, MemoryError) as exc:
                 raise IndexInvalid(f"hnswlib cannot load the shipped index: {exc}") from exc
             if raw.element_count != count:
                 raise IndexInvalid(f"shipped index holds {raw.element_count} elements, expected {count}")
-            return cls(raw, params, deleted=0)
+            return cls(raw, params, deleted=0, projection=projection_for(dim))
         finally:
             path.unlink(missing_ok=True)
 
@@ -359,6 +440,7 @@ class HnswIndex:
         if not manifest.stamp.readable_by(STAMP.version):
             raise IndexInvalid(f"index format {manifest.format} needs a reader of format {manifest.min_reader} on")
         expected = {
+            "projection": projection_name(collection.dim),
             "collection_uid": collection.uid,
             "face_model_version": collection.face_model_version,
             "dim": collection.dim,
@@ -371,8 +453,8 @@ class HnswIndex:
             if getattr(manifest, key) != want:
                 raise IndexInvalid(f"manifest {key} is {getattr(manifest, key)!r}, expected {want!r}")
         with bin_path.open("rb") as f:
-            _check_header(f.read(_HEADER.size), collection.dim, params, manifest.element_count)
-        raw = hnswlib.Index(space=SPACE, dim=collection.dim)
+            _check_header(f.read(_HEADER.size), graph_dim(collection.dim), params, manifest.element_count)
+        raw = hnswlib.Index(space=SPACE, dim=graph_dim(collection.dim))
         try:
             raw.load_index(str(bin_path), allow_replace_deleted=True)
         except (RuntimeError, MemoryError) as exc:
@@ -381,7 +463,7 @@ class HnswIndex:
             raise IndexInvalid(f"index holds {raw.element_count} elements, manifest {manifest.element_count}")
         _tmp(bin_path).unlink(missing_ok=True)
         _tmp(json_path).unlink(missing_ok=True)
-        return cls(raw, params, manifest.deleted_count), manifest
+        return cls(raw, params, manifest.deleted_count, projection_for(collection.dim)), manifest
 
 
 def _tmp(path: Path) -> Path:

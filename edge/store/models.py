@@ -170,3 +170,5 @@ class ShippedIndex:
     m: int
     ef_construction: int
     hnswlib_version: str
+    projection: str | None = None
+    """`HnswIndex.projection` of the graph: a device walks it only with the same one."""

@@ -50,7 +50,16 @@ from edge.store.errors import (
     storage_error,
 )
 from edge.store.formats import require_readable, sqlite_file_stamp
-from edge.store.index import HNSWLIB_VERSION, ExactIndex, HnswIndex, HnswParams, Labels, VectorIndex, normalize
+from edge.store.index import (
+    HNSWLIB_VERSION,
+    ExactIndex,
+    HnswIndex,
+    HnswParams,
+    Labels,
+    VectorIndex,
+    normalize,
+    projection_name,
+)
 from edge.store.models import (
     CollectionRecord,
     FaceAssociation,
@@ -78,6 +87,9 @@ COLLECTIONS_DIR = "collections"
 RESERVE_FILE = "reserve"
 #: How long an erasure inside a request waits for a reader in another process before leaving the rest
 #: to the background checkpoint (the deletion itself is committed either way).
+#: Candidates beyond k that a graph of projected vectors hands over for exact re-scoring: its ranking errs
+#: between faces whose cosines lie close together, so the best k by the full vectors are among a few more.
+RESCORED_EXTRA = 32
 ERASE_BUSY_TIMEOUT_MS = 1000
 #: A pending erasure is retried after this, doubling up to the checkpoint interval.
 ERASE_RETRY_S = 2.0
@@ -436,12 +448,18 @@ class Store:
             self._catch_up(state)
         query = self._pinned(state.record, model_version, [vector])
         with state.lock.read():
-            labels, scores = state.index.search(query, k)
-        keep = scores >= min_similarity
-        labels, scores = labels[keep], scores[keep]
-        if not len(labels):
-            return []
+            exact = state.index.exact_scores
+            labels, scores = state.index.search(query, k if exact else k + RESCORED_EXTRA)
         with self._db.read() as tx:
+            if not exact:
+                labels, vectors = tx.vectors_by_labels(collection_id, labels.tolist(), state.record.dim)
+                scores = np.einsum("ij,j->i", vectors, query.reshape(-1))
+                best = np.argsort(-scores, kind="stable")[:k]
+                labels, scores = labels[best], scores[best]
+            keep = scores >= min_similarity
+            labels, scores = labels[keep], scores[keep]
+            if not len(labels):
+                return []
             faces = tx.faces_by_labels(collection_id, labels.tolist())
         # A face deleted since the index was read has no row any more and is left out.
         return [
@@ -1028,8 +1046,8 @@ class Store:
         shipped = update.index
         if shipped is None or not inserted or len(inserted) != shipped.count:
             return None
-        wanted = (self._hnsw.m, self._hnsw.ef_construction, HNSWLIB_VERSION)
-        if (shipped.m, shipped.ef_construction, shipped.hnswlib_version) != wanted:
+        wanted = (self._hnsw.m, self._hnsw.ef_construction, HNSWLIB_VERSION, projection_name(record.dim))
+        if (shipped.m, shipped.ef_construction, shipped.hnswlib_version, shipped.projection) != wanted:
             log.info("shipped index of %s built with other parameters; building one here", record.collection_id)
             return None
         first = inserted[0][0]

@@ -264,7 +264,7 @@ class Syncer:
             return None
         custom = target.custom
         return ShippedIndex(self._download(updater, target), int(custom["count"]), int(custom["m"]),
-                            int(custom["ef_construction"]), str(custom["hnswlib_version"]))
+                            int(custom["ef_construction"]), str(custom["hnswlib_version"]), custom.get("projection"))
 
     def _apply(self, updater: Updater, cid: str, target: TargetFile, info: dict[str, Any], applied: int | None,
                valid_until: float, head: int) -> int:

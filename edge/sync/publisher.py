@@ -199,7 +199,7 @@ class Publisher:
         count = len(bundle.changes.faces)
         graph = HnswIndex.build(bundle.dim, self._hnsw, np.arange(count, dtype=np.int64), bundle.changes.vectors)
         with tempfile.TemporaryDirectory() as scratch:
-            data = graph.raw_bytes(Path(scratch))
+            data, projection = graph.raw_bytes(Path(scratch)), graph.projection
         del graph
         with self._storage.publishing(collection_id) as tx:
             previous = _load(tx.latest(Targets.type), Targets)
@@ -209,7 +209,7 @@ class Publisher:
             tx.put_file(hashlib.sha256(data).hexdigest(), data)
             targets = {**previous.targets, INDEX_TARGET: _target(INDEX_TARGET, data, {
                 "snapshot": digest, "count": count, "m": self._hnsw.m, "ef_construction": self._hnsw.ef_construction,
-                "hnswlib_version": HNSWLIB_VERSION})}
+                "hnswlib_version": HNSWLIB_VERSION, **({"projection": projection} if projection else {})})}
             self._sign(tx, targets, previous)
         log.info("feed of %s: shipped the index of its %d-face snapshot", collection_id, count)
 

@@ -64,8 +64,8 @@ def test_state_from_a_newer_compatible_build_opens_and_serves(open_store: OpenSt
     store.close()
     _stamp_as(state_dir / DB_FILE, Stamp(4, 2), "CREATE TABLE face_notes (face_id TEXT, note TEXT);")
     _stamp_as(state_dir / LOG_FILE, Stamp(2, 1), "ALTER TABLE decisions ADD COLUMN device TEXT;")
-    for manifest in _manifests(state_dir):  # an index format 2 that format 1 may read, with a field it ignores
-        fields = json.loads(manifest.read_text()) | {"format": 2, "min_reader": 1, "graph_quality": 0.99}
+    for manifest in _manifests(state_dir):  # an index format 3 that format 1 may read, with a field it ignores
+        fields = json.loads(manifest.read_text()) | {"format": 3, "min_reader": 1, "graph_quality": 0.99}
         manifest.write_text(json.dumps(fields))
 
     older = open_store(exact_max=0)
@@ -115,7 +115,7 @@ def test_an_index_only_a_newer_build_reads_is_rebuilt_from_the_database(open_sto
     store, ids, vectors = _enrolled(open_store)
     store.close()
     for manifest in _manifests(state_dir):
-        manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"format": 2, "min_reader": 2}))
+        manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"format": 3, "min_reader": 3}))
     older = open_store(exact_max=0)
     assert older.recovery["c"].kind == "rebuilt"  # a cache: the database is the truth
     assert [_top1(older, v) for v in vectors] == ids
