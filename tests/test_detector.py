@@ -10,7 +10,7 @@ import pytest
 
 from bench.mediapipe_task import FaceDetectorTask
 from edge.config import PipelineSettings
-from edge.vision.detector import FaceDetector
+from edge.vision.detector import MAX_CANDIDATES, FaceDetector
 from edge.vision.image import decode_image
 from edge.vision.models import ModelCatalog
 
@@ -76,8 +76,9 @@ def test_letterbox_is_removed_whatever_the_frame(settings: PipelineSettings, fac
 
 
 def test_the_confidence_floor_holds_at_its_ends(settings: PipelineSettings, faces_dev: Path) -> None:
-    """A floor of 0 keeps every anchor's vote (the face found at 0.5 among them, moved a little by the
-    weak votes merged into it; no score outside [0, 1]); a floor of 1 no sigmoid score reaches."""
+    """A floor of 0 keeps the votes of the MAX_CANDIDATES best-scoring anchors (the face found at 0.5 among them,
+    moved a little by the weak votes merged into it; no score outside [0, 1]); a floor of 1 no sigmoid score
+    reaches."""
     catalog = ModelCatalog(settings.model_dir)
     model = catalog.verified_path(catalog.find("detector", "blazeface_short"))
     everything, usual, nothing = (FaceDetector(model, min_confidence=c) for c in (0.0, 0.5, 1.0))
@@ -88,3 +89,27 @@ def test_the_confidence_floor_holds_at_its_ends(settings: PipelineSettings, face
         assert all(0.0 <= d.score <= 1.0 for d in found)
         assert min(float(np.abs(d.keypoints - face.keypoints).max()) for d in found) < 0.1 * float(face.box[2])
         assert nothing.detect(rgb) == []
+
+
+def test_an_image_lighting_up_every_anchor_is_decoded_to_its_best_candidates(settings: PipelineSettings,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every anchor of the full-range model above the floor, as boxes too small to overlap: the suppression keeps
+    the MAX_CANDIDATES best-scoring, each a face of its own, rather than working through all 2,304 (a stand-in
+    for the model's outputs: no photo makes them)."""
+    catalog = ModelCatalog(settings.model_dir)
+    detector = FaceDetector(catalog.verified_path(catalog.find("detector", "blazeface_full")))
+    anchors = 2304
+    regressors = np.zeros((1, anchors, 16), np.float32)
+    regressors[0, :, 2:4] = 1.0  # a 1-pixel box at each anchor's centre; anchors lie 4 pixels apart
+    logits = np.linspace(1.0, 5.0, anchors, dtype=np.float32).reshape(1, anchors, 1)  # later anchors score higher
+
+    class Outputs:
+        def run(self, inputs: np.ndarray) -> list[np.ndarray]:
+            return [regressors.copy(), logits.copy()]
+
+    monkeypatch.setattr(detector, "_session", Outputs())
+    found = detector.detect(np.zeros((192, 192, 3), np.uint8))
+    assert len(found) == MAX_CANDIDATES
+    floor = 1 / (1 + np.exp(-float(logits[0, anchors - MAX_CANDIDATES, 0])))
+    assert min(d.score for d in found) >= floor - 1e-6
+    assert all(d.box[2] == d.box[3] == 1.0 for d in found)
