@@ -11,7 +11,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
@@ -32,7 +32,8 @@ tags may be ignored by a version 2 build: they are keyed by the collection's uid
 build deleted name no live collection (and are pruned here), and never reappear on a namesake."""
 STAMP = Stamp(SCHEMA_VERSION, MIN_READER)
 BUSY_TIMEOUT_MS = 30_000
-FETCH_CHUNK = 50_000
+#: How much of the vectors' bytes a scan of them fetches at once.
+FETCH_BYTES = 8 * 2**20
 
 ChangeKind = Literal[
     "collection_created",
@@ -378,19 +379,29 @@ class Tx:
         ).fetchone()
         return row[0] if row else None
 
-    def vectors(self, collection_id: str, dim: int, min_label: int = 0) -> tuple[Labels, Vector]:
-        """The collection's vectors with label >= min_label (labels grow with the change sequence)."""
-        cur = self._conn.execute(
-            "SELECT label, vector FROM faces NOT INDEXED WHERE label >= ? AND collection_id = ?",
-            (min_label, collection_id),
-        )
-        found: list[int] = []
-        blobs: list[bytes] = []
-        while chunk := cur.fetchmany(FETCH_CHUNK):
-            found.extend(label for label, _ in chunk)
-            blobs.extend(blob for _, blob in chunk)
-        vectors = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(found), dim)
-        return np.asarray(found, dtype=np.int64), vectors.astype(np.float32)
+    def vectors(self, collection_id: str, dim: int, min_label: int = 0,
+                transform: Callable[[Vector], Vector] | None = None) -> tuple[Labels, Vector]:
+        """The collection's vectors with label >= min_label (labels grow with the change sequence), each slice
+        passed through `transform` as it is read where one is given (a graph's projection: the full vectors are
+        then never all held at once)."""
+        where = "WHERE label >= ? AND collection_id = ?"
+        count = self._conn.execute(f"SELECT COUNT(*) FROM faces {where}", (min_label, collection_id)).fetchone()[0]
+        labels, vectors = np.empty(count, dtype=np.int64), np.zeros((0, dim), dtype=np.float32)
+        cur = self._conn.execute(f"SELECT label, vector FROM faces NOT INDEXED {where}", (min_label, collection_id))
+        done = 0
+        # Slices of FETCH_BYTES straight into the arrays: gathering every row first, then joining and copying
+        # them, held the vectors three times over.
+        while chunk := cur.fetchmany(max(1, FETCH_BYTES // (4 * dim))):
+            end = done + len(chunk)  # the transaction's snapshot holds the rows it counted, no more
+            labels[done:end] = [label for label, _ in chunk]
+            rows = np.frombuffer(b"".join(blob for _, blob in chunk), dtype="<f4").reshape(-1, dim)
+            if transform is not None:
+                rows = transform(rows)
+            if done == 0:
+                vectors = np.empty((count, rows.shape[1]), dtype=np.float32)
+            vectors[done:end] = rows
+            done = end
+        return labels, vectors
 
     def face_count(self, collection_id: str) -> int:
         return int(

@@ -265,7 +265,9 @@ class HnswIndex:
         self._retune()
 
     @classmethod
-    def build(cls, dim: int, params: HnswParams, labels: Labels, vectors: Vector) -> HnswIndex:
+    def build(cls, dim: int, params: HnswParams, labels: Labels, vectors: Vector, *,
+              projected: bool = False) -> HnswIndex:
+        """A graph over `dim`-wide faces; `projected`: the vectors are given as `projection_for(dim)` made them."""
         raw = hnswlib.Index(space=SPACE, dim=graph_dim(dim))
         raw.init_index(
             max_elements=max(len(labels), 1),
@@ -275,7 +277,7 @@ class HnswIndex:
         )
         index = cls(raw, params, deleted=0, projection=projection_for(dim))
         if len(labels):
-            index.add(labels, vectors)
+            index._insert(labels, vectors if projected or index._projection is None else index._projection(vectors))
         return index
 
     @property
@@ -309,13 +311,16 @@ class HnswIndex:
         self._raw.set_ef(self._params.ef or auto_ef(self.element_count))
 
     def add(self, labels: Labels, vectors: Vector) -> None:
+        self._insert(labels, vectors if self._projection is None else self._projection(vectors))
+
+    def _insert(self, labels: Labels, vectors: Vector) -> None:
+        """Add vectors of the graph's own width."""
         reused = min(len(labels), self._deleted)
         needed = self.element_count + len(labels) - reused
         capacity = int(self._raw.max_elements)
         if needed > capacity:
             self._raw.resize_index(max(needed, int(capacity * GROWTH)))
-        self._raw.add_items(vectors if self._projection is None else self._projection(vectors), labels,
-                            replace_deleted=True)
+        self._raw.add_items(vectors, labels, replace_deleted=True)
         self._deleted -= reused
         self._retune()
 

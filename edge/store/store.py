@@ -58,6 +58,7 @@ from edge.store.index import (
     Labels,
     VectorIndex,
     normalize,
+    projection_for,
     projection_name,
 )
 from edge.store.models import (
@@ -972,13 +973,16 @@ class Store:
     def _build(self, record: CollectionRecord, *, only_exact: bool = False) -> tuple[VectorIndex, int]:
         """A fresh index of the collection from SQLite (exact if asked), and the change sequence it reflects."""
         with self._db.read() as tx:
-            labels, vectors = tx.vectors(record.collection_id, record.dim)
+            exact = only_exact or tx.face_count(record.collection_id) <= self._exact_max
+            # A graph of projected vectors gets them projected slice by slice as they are read.
+            projection = None if exact else projection_for(record.dim)
+            labels, vectors = tx.vectors(record.collection_id, record.dim, transform=projection)
             seq = tx.last_face_seq(record.collection_id)
-        if only_exact or len(labels) <= self._exact_max:
-            exact = ExactIndex(record.dim)
-            exact.add(labels, vectors)
-            return exact, seq
-        return HnswIndex.build(record.dim, self._hnsw, labels, vectors), seq
+        if exact:
+            index = ExactIndex(record.dim)
+            index.add(labels, vectors)
+            return index, seq
+        return HnswIndex.build(record.dim, self._hnsw, labels, vectors, projected=projection is not None), seq
 
     def _replay(self, record: CollectionRecord, index: VectorIndex, after_seq: int) -> _Replay:
         """Apply the face changes logged after `after_seq` to `index`.
