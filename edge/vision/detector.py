@@ -22,8 +22,8 @@ import numpy as np
 from edge.vision.runtime import LiteRTSession
 
 NMS_IOU = 0.3
-#: Candidates decoded at most, the best-scoring first. Photos give a few per face (27 for the 24 faces of the
-#: test data's collage); this bounds the suppression's work on an image made to light up every anchor.
+#: Candidates decoded at most, the best-scoring first. Photos give a few per face (README, Speed); this bounds
+#: the suppression's work on an image made to light up every anchor.
 MAX_CANDIDATES = 512
 _SCORE_CLIP = 100.0
 #: Pixel value -> model input in [-1, 1], as one table lookup per pixel.
