@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge import errors
-from edge.config import ServiceSettings
+from edge.config import PipelineSettings, ServiceSettings
 from edge.rekognition.operations import Rekognition
 from edge.rekognition.tokens import token_secret
 from edge.store import Store
@@ -354,3 +354,35 @@ def test_client_request_tokens_are_remembered_across_a_restart(pipeline: FacePip
     with Store(state, checkpoint_interval_s=None) as store:
         ops = Rekognition(store, pipeline, ServiceSettings(), secret=token_secret(state))
         assert refused(ops, "CreateUser", {"CollectionId": "door", "UserId": "kept"}).code == "ConflictException"
+
+
+def test_a_facenet_collection_searched_through_its_graph_answers_as_exact_search(
+    settings: PipelineSettings, people: list[list[Path]], tmp_path: Path
+) -> None:
+    """FaceNet's 512-d faces, the same photos enrolled in a collection searched exactly and in one past exact_max,
+    whose graph holds their projection: each search answers the same best face, and the same faces above a
+    threshold, with the same Similarity (the projection only picks the candidates the full vectors score)."""
+    pipe = FacePipeline.from_settings(settings.model_copy(update={"embedder": "facenet_casia"}))
+    stores = {"exact": Store(tmp_path / "exact", checkpoint_interval_s=None),
+              "graph": Store(tmp_path / "graph", checkpoint_interval_s=None, exact_max=0)}
+    try:
+        apis = {name: Rekognition(store, pipe, ServiceSettings(), secret=token_secret(tmp_path / name))
+                for name, store in stores.items()}
+        for api in apis.values():
+            api.call("CreateCollection", {"CollectionId": "door"})
+        for photos in people:
+            for api in apis.values():
+                api.call("IndexFaces", {"CollectionId": "door", "Image": b64(photos[0].read_bytes()), "MaxFaces": 1,
+                                        "ExternalImageId": photos[0].parent.name})
+        assert (stores["exact"].index_kind("door"), stores["graph"].index_kind("door")) == ("exact", "hnsw")
+        for photos in people:
+            for max_faces, threshold in ((1, 0), (10, 80)):
+                probe = {"CollectionId": "door", "Image": b64(photos[1].read_bytes()), "MaxFaces": max_faces,
+                         "FaceMatchThreshold": threshold}
+                answers = [[(m["Face"]["ExternalImageId"], m["Similarity"]) for m in api.call(
+                    "SearchFacesByImage", probe)["FaceMatches"]] for api in apis.values()]
+                assert answers[0] == answers[1] and (threshold or len(answers[0]) == 1)
+    finally:
+        for store in stores.values():
+            store.close()
+        pipe.close()

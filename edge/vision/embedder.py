@@ -6,6 +6,7 @@ picked from the model catalog for the backend that runs it.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -15,6 +16,8 @@ from edge.similarity import SimilarityCalibration
 from edge.vision.align import MESH_DLIB5, box_crop, dlib_chip
 from edge.vision.models import Artifact, ModelCatalog
 from edge.vision.runtime import Backend, LiteRTSession, spread_threads
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,8 @@ class Embedder:
         self._mean = float(normalise.get("mean", 0.0))
         self._std = float(normalise.get("std", 1.0))
         self.flip_augment = flip_augment
-        # Accelerator models are compiled for one input shape; on the CPU the pair is a batch of two.
+        # Accelerator models are compiled for one input shape; on the CPU the pair is a batch of two where the
+        # model's graph allows it (`_session` finds out).
         self._pairs = flip_augment and backend.delegate_library is None
         self._threads = threads
         self._sessions: dict[int, LiteRTSession] = {}
@@ -123,7 +127,14 @@ class Embedder:
         with self._sessions_lock:
             session = self._sessions.get(threads)
             if session is None:
-                session = self._sessions[threads] = self._backend.session(self._path, threads=threads)
+                session = self._backend.session(self._path, threads=threads)
                 if self._pairs:
-                    session.run(np.zeros((2, *session.input_shape[1:]), dtype=np.float32))  # sized once
+                    try:
+                        session.run(np.zeros((2, *session.input_shape[1:]), dtype=np.float32))  # sized once
+                    except RuntimeError as exc:  # a graph that fixes its batch at one (FaceNet's reshapes)
+                        log.info("%s takes one chip at a time (%s); the mirror runs as a second pass",
+                                 self.artifact.name, exc)
+                        self._pairs = False
+                        session = self._backend.session(self._path, threads=threads)
+                self._sessions[threads] = session
             return session
