@@ -86,11 +86,11 @@ LOCK_FILE = "LOCK"
 COLLECTIONS_DIR = "collections"
 #: Zeros held on the disk so that an erasure can still commit when writes have filled it.
 RESERVE_FILE = "reserve"
-#: How long an erasure inside a request waits for a reader in another process before leaving the rest
-#: to the background checkpoint (the deletion itself is committed either way).
 #: Candidates beyond k that a graph of projected vectors hands over for exact re-scoring: its ranking errs
 #: between faces whose cosines lie close together, so the best k by the full vectors are among a few more.
 RESCORED_EXTRA = 32
+#: How long an erasure inside a request waits for a reader in another process before leaving the rest
+#: to the background checkpoint (the deletion itself is committed either way).
 ERASE_BUSY_TIMEOUT_MS = 1000
 #: A pending erasure is retried after this, doubling up to the checkpoint interval.
 ERASE_RETRY_S = 2.0
