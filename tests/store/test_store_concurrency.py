@@ -100,8 +100,7 @@ def test_parallel_search_add_delete_stay_consistent(open_store: OpenStore, adds:
     alive = {**stable, **added}
     assert store.face_count("c") == len(alive) + len(doomed)
     for face_id, vector in alive.items():
-        top = store.search("c", vector, model_version=MODEL, k=10)
-        assert top[0].face.face_id == face_id, ([(h.face.face_id[:8], h.similarity) for h in top], face_id[:8], face_id in added, store.index_kind("c"))
+        assert store.search("c", vector, model_version=MODEL, k=1)[0].face.face_id == face_id
     assert not set(deleted) & {f.face_id for f in store.list_faces("c", limit=100_000)[0]}
     _assert_agrees_with_exact_oracle(store, {**alive, **dict(doomed)})
 
