@@ -384,24 +384,21 @@ class Tx:
         """The collection's vectors with label >= min_label (labels grow with the change sequence), each slice
         passed through `transform` as it is read where one is given (a graph's projection: the full vectors are
         then never all held at once)."""
-        where = "WHERE label >= ? AND collection_id = ?"
-        count = self._conn.execute(f"SELECT COUNT(*) FROM faces {where}", (min_label, collection_id)).fetchone()[0]
-        labels, vectors = np.empty(count, dtype=np.int64), np.zeros((0, dim), dtype=np.float32)
-        cur = self._conn.execute(f"SELECT label, vector FROM faces NOT INDEXED {where}", (min_label, collection_id))
-        done = 0
-        # Slices of FETCH_BYTES straight into the arrays: gathering every row first, then joining and copying
-        # them, held the vectors three times over.
+        cur = self._conn.execute(
+            "SELECT label, vector FROM faces NOT INDEXED WHERE label >= ? AND collection_id = ?",
+            (min_label, collection_id),
+        )
+        labels: list[Labels] = []
+        parts: list[Vector] = []
+        # Slices of FETCH_BYTES, each made an array (and transformed) as it comes: gathering every row first,
+        # then joining and copying them, held the vectors three times over.
         while chunk := cur.fetchmany(max(1, FETCH_BYTES // (4 * dim))):
-            end = done + len(chunk)  # the transaction's snapshot holds the rows it counted, no more
-            labels[done:end] = [label for label, _ in chunk]
+            labels.append(np.fromiter((label for label, _ in chunk), dtype=np.int64, count=len(chunk)))
             rows = np.frombuffer(b"".join(blob for _, blob in chunk), dtype="<f4").reshape(-1, dim)
-            if transform is not None:
-                rows = transform(rows)
-            if done == 0:
-                vectors = np.empty((count, rows.shape[1]), dtype=np.float32)
-            vectors[done:end] = rows
-            done = end
-        return labels, vectors
+            parts.append(rows if transform is None else transform(rows))
+        if not labels:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, dim), dtype=np.float32)
+        return np.concatenate(labels), np.concatenate(parts).astype(np.float32, copy=False)
 
     def face_count(self, collection_id: str) -> int:
         return int(
