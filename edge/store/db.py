@@ -175,6 +175,12 @@ def _marks(values: Sequence[object]) -> str:
     return ",".join("?" * len(values))
 
 
+def _label_vectors(rows: Sequence[tuple[int, bytes]], dim: int) -> tuple[Labels, Vector]:
+    """(label, vector blob) rows as arrays; the vectors a read-only view of the joined blobs."""
+    vectors = np.frombuffer(b"".join(blob for _, blob in rows), dtype="<f4").reshape(len(rows), dim)
+    return np.fromiter((label for label, _ in rows), dtype=np.int64, count=len(rows)), vectors
+
+
 def _face(row: tuple[Any, ...]) -> tuple[int, FaceRecord]:
     return row[0], FaceRecord(
         face_id=row[1],
@@ -336,8 +342,7 @@ class Tx:
             f"SELECT label, vector FROM faces NOT INDEXED WHERE label IN ({_marks(labels)}) AND collection_id = ?",
             (*labels, collection_id),
         ).fetchall()
-        vectors = np.frombuffer(b"".join(blob for _, blob in rows), dtype="<f4").reshape(len(rows), dim)
-        return np.asarray([label for label, _ in rows], dtype=np.int64), vectors.astype(np.float32)
+        return _label_vectors(rows, dim)
 
     def delete_faces(self, labels: Sequence[int]) -> None:
         self._conn.execute(f"DELETE FROM faces WHERE label IN ({_marks(labels)})", tuple(labels))
@@ -393,8 +398,8 @@ class Tx:
         # Slices of FETCH_BYTES, each made an array (and transformed) as it comes: gathering every row first,
         # then joining and copying them, held the vectors three times over.
         while chunk := cur.fetchmany(max(1, FETCH_BYTES // (4 * dim))):
-            labels.append(np.fromiter((label for label, _ in chunk), dtype=np.int64, count=len(chunk)))
-            rows = np.frombuffer(b"".join(blob for _, blob in chunk), dtype="<f4").reshape(-1, dim)
+            found, rows = _label_vectors(chunk, dim)
+            labels.append(found)
             parts.append(rows if transform is None else transform(rows))
         if not labels:
             return np.zeros(0, dtype=np.int64), np.zeros((0, dim), dtype=np.float32)

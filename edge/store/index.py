@@ -9,6 +9,7 @@ candidates: the store re-scores those with the full vectors it keeps (`VectorInd
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -85,8 +86,10 @@ class Projection:
         return np.ascontiguousarray(projected / norms, dtype=np.float32)
 
 
+@functools.cache
 def projection_for(dim: int) -> Projection | None:
-    """The projection a graph of `dim`-wide vectors is built over; None where it holds them as they are."""
+    """The projection a graph of `dim`-wide vectors is built over, derived once per width; None where it holds
+    them as they are."""
     return Projection(dim) if dim > GRAPH_DIM else None
 
 
