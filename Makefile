@@ -89,6 +89,7 @@ bench: setup models $(VENV)/.peer
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m bench.pipeline --data $(FACES) --threads 1
 	$(VENV)/bin/python -m bench.http --data $(EDGE_FACE_DATA)
 	$(VENV)/bin/python -m bench.store_scale --sizes 100000 --dims 128,512 --efs auto
+	$(VENV)/bin/python -m bench.index_churn --seeds 0,1
 	$(VENV)/bin/python -m bench.erasure --sizes 10000,100000
 	$(VENV)/bin/python -m bench.abuse
 

@@ -54,6 +54,8 @@ HNSWLIB_VERSION = version("hnswlib")
 # vector:f32*dim, label:u64]; flag bit 0 marks a deleted element.
 _HEADER = struct.Struct("<6QiI3QdQ")
 _DELETE_MARK = 0x01
+STAND_IN_CHUNK = 2048
+"""Deleted elements given stand-ins at a time: their neighbours' vectors (2048 x 32 x 128 floats) take 32 MiB."""
 
 
 GRAPH_DIM = 128
@@ -255,9 +257,9 @@ class Manifest:
 class HnswIndex:
     """hnswlib graph over unit vectors with label-addressed deletes and geometric growth.
 
-    Deleted slots are reused by later inserts; until then their vectors are zeroed in every saved
-    file (hnswlib's mark_deleted keeps the bytes) and the store reloads from that file to drop them
-    from memory too.
+    A deleted face keeps its slot, and its place in the graph's paths, until compaction rebuilds the graph;
+    in every saved file its vector is replaced by a stand-in made of its surviving neighbours' (hnswlib's
+    mark_deleted keeps the bytes), and the store reloads from that file to drop it from memory too.
     """
 
     def __init__(self, raw: hnswlib.Index, params: HnswParams, deleted: int, projection: Projection | None) -> None:
@@ -276,7 +278,6 @@ class HnswIndex:
             max_elements=max(len(labels), 1),
             M=params.m,
             ef_construction=params.ef_construction,
-            allow_replace_deleted=True,
         )
         index = cls(raw, params, deleted=0, projection=projection_for(dim))
         if len(labels):
@@ -297,7 +298,7 @@ class HnswIndex:
 
     @property
     def deleted(self) -> int:
-        """Slots holding a deleted element (zeroed on disk, reusable by inserts)."""
+        """Slots holding a deleted element (a stand-in on disk), kept until the graph is rebuilt."""
         return self._deleted
 
     @property
@@ -317,14 +318,16 @@ class HnswIndex:
         self._insert(labels, vectors if self._projection is None else self._projection(vectors))
 
     def _insert(self, labels: Labels, vectors: Vector) -> None:
-        """Add vectors of the graph's own width."""
-        reused = min(len(labels), self._deleted)
-        needed = self.element_count + len(labels) - reused
+        """Add vectors of the graph's own width, in new slots.
+
+        Never in a deleted face's slot: hnswlib would rewire the neighbours of its stand-in round a face from
+        elsewhere, which cost recall after rounds of deletions and enrolments (README, Speed).
+        """
+        needed = self.element_count + len(labels)
         capacity = int(self._raw.max_elements)
         if needed > capacity:
             self._raw.resize_index(max(needed, int(capacity * GROWTH)))
-        self._raw.add_items(vectors, labels, replace_deleted=True)
-        self._deleted -= reused
+        self._raw.add_items(vectors, labels)
         self._retune()
 
     def remove(self, labels: Labels) -> None:
@@ -345,7 +348,7 @@ class HnswIndex:
         return labels[0].astype(np.int64), (1.0 - distances[0]).astype(np.float32)
 
     def save(self, directory: Path, collection: CollectionRecord, change_seq: int) -> Manifest:
-        """Replace index.bin and index.json atomically, with deleted vectors zeroed in the file.
+        """Replace index.bin and index.json atomically, with deleted vectors replaced by stand-ins in the file.
 
         Both files are first written and fsynced as .tmp, then renamed bin-first: a crash between
         the two renames leaves a .tmp manifest that matches the new bin, and `load` rolls it forward.
@@ -421,7 +424,7 @@ class HnswIndex:
             del records, labels
             raw = hnswlib.Index(space=SPACE, dim=graph_dim(dim))
             try:
-                raw.load_index(str(path), allow_replace_deleted=True)
+                raw.load_index(str(path))
             except (RuntimeError, MemoryError) as exc:
                 raise IndexInvalid(f"hnswlib cannot load the shipped index: {exc}") from exc
             if raw.element_count != count:
@@ -464,7 +467,7 @@ class HnswIndex:
             _check_header(f.read(_HEADER.size), graph_dim(collection.dim), params, manifest.element_count)
         raw = hnswlib.Index(space=SPACE, dim=graph_dim(collection.dim))
         try:
-            raw.load_index(str(bin_path), allow_replace_deleted=True)
+            raw.load_index(str(bin_path))
         except (RuntimeError, MemoryError) as exc:
             raise IndexInvalid(f"hnswlib cannot load the index: {exc}") from exc
         if raw.element_count != manifest.element_count:
@@ -512,18 +515,35 @@ def _check_header(header: bytes, dim: int, params: HnswParams, element_count: in
 
 
 def _scrub_deleted(path: Path, dim: int, params: HnswParams, element_count: int) -> int:
-    """Zero the vectors of deleted elements in a saved file; returns how many elements are deleted."""
+    """Replace the vectors of deleted elements in a saved file by stand-ins; returns how many elements are deleted.
+
+    A stand-in is a copy of the element's nearest surviving level-0 neighbour: none of the deleted vector, nothing
+    the file does not hold already, but a point near where the deleted one was, so that searches still step
+    through it. A zeroed vector lay at distance 1 from every query, was never stepped through, and cut off faces
+    reached through it (recall@1 0.989 with a quarter deleted); the mean of the neighbours lay nearer to every
+    query than faces do and made searches wander through deleted slots (17 times slower).
+    """
     with path.open("rb") as f:
         header = f.read(_HEADER.size)
     size, data_offset = _check_header(header, dim, params, element_count)
     if element_count == 0:
         return 0
     records = np.memmap(path, dtype=np.uint8, mode="r+", offset=_HEADER.size, shape=(element_count, size))
-    deleted = np.flatnonzero(records[:, 2] & _DELETE_MARK)
-    if len(deleted):
-        records[deleted, data_offset : data_offset + dim * 4] = 0
-        records.flush()
-    del records
+    alive = (records[:, 2] & _DELETE_MARK) == 0
+    deleted = np.flatnonzero(~alive)
+    vectors = records[:, data_offset : data_offset + dim * 4].view("<f4")
+    for chunk in np.array_split(deleted, -(-len(deleted) // STAND_IN_CHUNK)) if len(deleted) else ():
+        rows = records[chunk]
+        links = rows[:, 4:data_offset].view("<u4")
+        listed = np.arange(links.shape[1]) < rows[:, :2].view("<u2")
+        links = np.where(listed, links, 0)
+        usable = listed & alive[links]
+        neighbours = vectors[links]
+        closeness = np.where(usable, np.einsum("nkd,nd->nk", neighbours, vectors[chunk]), -np.inf)
+        nearest = np.argmax(closeness, axis=1)
+        vectors[chunk] = np.where(usable.any(axis=1)[:, None], neighbours[np.arange(len(chunk)), nearest], 0)
+    records.flush()
+    del records, vectors
     return len(deleted)
 
 

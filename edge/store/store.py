@@ -519,8 +519,9 @@ class Store:
     # durability
 
     def checkpoint(self, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
-        """Compact heavily-deleted indexes, save changed ones (deleted vectors zeroed), prune the change log
-        and the access log, scrub the database if anything was deleted since the last scrub, truncate the WAL.
+        """Compact heavily-deleted indexes, save changed ones (deleted vectors replaced by stand-ins), prune the
+        change log and the access log, scrub the database if anything was deleted since the last scrub, truncate
+        the WAL.
 
         After it returns, no file under the state directory holds a vector, a UserId or an
         ExternalImageId of anything deleted. Raises `CheckpointBlocked` (a reader in another process

@@ -62,7 +62,7 @@ def test_exact_index_keeps_rows_packed_and_forgets_removed_vectors() -> None:
     assert 3 not in found and len(found) == 8 and np.all(np.diff(scores) <= 0)
 
 
-def test_hnsw_grows_geometrically_and_reuses_deleted_slots() -> None:
+def test_hnsw_grows_geometrically_and_keeps_deleted_slots_until_rebuilt() -> None:
     syn = SyntheticFaces(DIM, 300, seed=2)
     index = HnswIndex.build(DIM, PARAMS, _labels(10), syn.sample(np.arange(10), stream=0))
     index.add(_labels(190, start=11), syn.sample(np.arange(10, 200), stream=0))
@@ -71,7 +71,7 @@ def test_hnsw_grows_geometrically_and_reuses_deleted_slots() -> None:
     assert (len(index), index.deleted) == (150, 50)
     fresh = syn.sample(np.arange(200, 230), stream=0)
     index.add(_labels(30, start=1000), fresh)
-    assert (len(index), index.deleted, index.element_count) == (180, 20, 200)
+    assert (len(index), index.deleted, index.element_count) == (180, 50, 230)
     for i, vector in enumerate(fresh):
         assert index.search(vector, 1)[0][0] == 1000 + i
     assert not set(index.search(syn.sample(np.arange(50), stream=0)[0], 20)[0].tolist()) & set(range(1, 51))
@@ -85,7 +85,7 @@ def _saved(tmp_path: Path) -> tuple[Path, np.ndarray, HnswIndex]:
     return tmp_path, vectors, index
 
 
-def test_save_load_round_trip_zeroes_deleted_vectors_in_the_file(tmp_path: Path) -> None:
+def test_save_load_round_trip_keeps_no_deleted_vector_in_the_file(tmp_path: Path) -> None:
     directory, vectors, index = _saved(tmp_path)
     loaded, manifest = HnswIndex.load(directory, RECORD, PARAMS)
     assert (manifest.change_seq, manifest.element_count, manifest.deleted_count) == (42, 300, 5)
@@ -96,6 +96,10 @@ def test_save_load_round_trip_zeroes_deleted_vectors_in_the_file(tmp_path: Path)
     content = (directory / INDEX_FILE).read_bytes()
     assert all(vectors[i].tobytes() not in content for i in range(5))
     assert all(vectors[i].tobytes() in content for i in range(5, 300))
+    # The deleted slots hold stand-ins, copies of surviving faces: every vector in the file is one of theirs.
+    size, offset = index_module._check_header(content[: index_module._HEADER.size], DIM, PARAMS, 300)
+    records = np.frombuffer(content, np.uint8, count=300 * size, offset=index_module._HEADER.size).reshape(300, size)
+    assert {row[offset : offset + DIM * 4].tobytes() for row in records} == {v.tobytes() for v in vectors[5:]}
     assert sorted(p.name for p in directory.iterdir()) == [INDEX_FILE, MANIFEST_FILE]
 
 
@@ -180,7 +184,7 @@ def test_auto_ef_never_narrows_as_a_collection_grows() -> None:
 
 
 def test_search_breadth_follows_the_graph_unless_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # sqrt(50) / 0.25 = 29 is under the floor of 32; sqrt(150) / 0.25 = 49; sqrt(190) / 0.25 = 56.
+    # sqrt(50) / 0.25 = 29 is under the floor of 32; sqrt(150) / 0.25 = 49.
     monkeypatch.setattr(index_module, "EF_SQRT_DIVISOR", 0.25)
     syn = SyntheticFaces(DIM, 300, seed=5)
     grown = HnswIndex.build(DIM, PARAMS, _labels(50), syn.sample(np.arange(50), stream=0))
@@ -192,6 +196,33 @@ def test_search_breadth_follows_the_graph_unless_configured(tmp_path: Path, monk
     grown.remove(_labels(60))  # deleted slots are still walked: the breadth follows the graph, not the faces
     assert grown.ef == 49
     grown.add(_labels(100, start=1000), syn.sample(np.arange(150, 250), stream=0))
-    assert grown.element_count == 190 and grown.ef == 56  # 60 of the 100 reused deleted slots
+    assert grown.element_count == 250 and grown.ef == 64  # sqrt(250) / 0.25 = 63.2: deleted slots count
     grown.save(tmp_path, RECORD, change_seq=1)
-    assert HnswIndex.load(tmp_path, RECORD, PARAMS)[0].ef == 56
+    assert HnswIndex.load(tmp_path, RECORD, PARAMS)[0].ef == 64
+
+
+def test_deleted_faces_still_lead_the_search_after_a_checkpoint(
+    tmp_path: Path, clustered: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """A checkpoint takes deleted faces' vectors out of the graph's file, but not their place in its paths: the
+    faces reached through them are found as before, and enrolments after it as well as any."""
+    data, queries = clustered
+    vectors = dict(zip(_labels(len(data)).tolist(), data, strict=True))
+    index = HnswIndex.build(DIM, PARAMS, _labels(len(data)), data)
+    rng, syn, label = np.random.default_rng(3), SyntheticFaces(DIM, 4000, seed=7), 100_000
+    for stream in (2, 3):  # a fifth deleted (the compaction ratio is a quarter), then as many enrolled
+        doomed = rng.choice(sorted(vectors), len(vectors) // 5, replace=False)
+        index.remove(doomed)
+        for gone in doomed.tolist():
+            del vectors[gone]
+        index.save(tmp_path, RECORD, change_seq=stream)
+        index, _ = HnswIndex.load(tmp_path, RECORD, PARAMS)
+        enrolled = syn.sample(rng.integers(0, 4000, len(doomed)), stream=stream)
+        index.add(_labels(len(doomed), start=label), enrolled)
+        vectors.update(zip(_labels(len(doomed), start=label).tolist(), enrolled, strict=True))
+        label += len(doomed)
+    labels, stored = np.asarray(list(vectors)), np.stack(list(vectors.values()))
+    truth = labels[np.argmax(queries @ stored.T, axis=1)]
+    recall = np.mean([index.search(query, 1)[0][0] == want for query, want in zip(queries, truth, strict=True)])
+    lost = sum(index.search(vector, 1)[0][0] != face for face, vector in vectors.items())
+    assert recall >= 0.995 and lost <= len(vectors) // 5000
