@@ -1033,8 +1033,10 @@ class Store:
                 if len(loaded) != count:
                     raise IndexInvalid(f"index holds {len(loaded)} faces, database {count}")
                 recovery = Recovery("replayed", f"{replay.changes} changes") if replay.changes else Recovery("loaded")
+                # Saved again at the first checkpoint where it has deleted slots: an earlier build's file has
+                # zeros in them, which cut the search's paths through them, and the save gives them stand-ins.
                 return _Collection(
-                    record, loaded, RWLock(), replay.seq, manifest.change_seq, recovery, unpurged=replay.removed > 0
+                    record, loaded, RWLock(), replay.seq, manifest.change_seq, recovery, unpurged=loaded.deleted > 0
                 )
             except (IndexInvalid, OSError) as exc:
                 log.warning("index of %s not usable (%s); rebuilding from SQLite", record.collection_id, exc)

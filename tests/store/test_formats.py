@@ -7,6 +7,7 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,9 +15,10 @@ from store_support import DIM, MODEL, OpenStore
 
 from bench.synthetic import SyntheticFaces, new_faces
 from edge.store import StateTooNew, Store, StoreError, StoreLocked
+from edge.store import index as index_module
 from edge.store.access_log import LOG_FILE, Decision
 from edge.store.formats import Stamp, previous_reads, sqlite_file_stamp
-from edge.store.index import MANIFEST_FILE
+from edge.store.index import INDEX_FILE, MANIFEST_FILE, HnswParams
 from edge.store.state import COMPLETE, found_stamps, restore_snapshot, take_snapshot
 from edge.store.store import COLLECTIONS_DIR, DB_FILE
 
@@ -218,3 +220,45 @@ def test_a_version_2_store_gains_tags_and_a_version_2_build_may_still_open_it(op
     with sqlite3.connect(state_dir / DB_FILE) as conn:
         assert conn.execute("SELECT count(*) FROM collection_tags").fetchone() == (0,)  # the orphans pruned
     conn.close()
+
+
+def _deleted_slots(path: Path, dim: int) -> tuple[np.memmap[Any, Any], np.ndarray, slice]:
+    """A saved graph's records (mapped writable), its deleted faces' rows, and the columns of their vectors."""
+    header = path.read_bytes()[: index_module._HEADER.size]
+    count = index_module._HEADER.unpack(header)[2]
+    size, offset = index_module._check_header(header, dim, HnswParams(), count)
+    records = np.memmap(path, dtype=np.uint8, mode="r+", offset=index_module._HEADER.size, shape=(count, size))
+    return records, np.flatnonzero(records[:, 2] & index_module._DELETE_MARK), slice(offset, offset + dim * 4)
+
+
+def test_an_earlier_builds_zeroed_slots_get_stand_ins_at_the_first_checkpoint(
+    open_store: OpenStore, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An earlier build zeroed deleted faces' vectors in the graph's file, which cut the search's paths through
+    them: the first checkpoint after a start gives those slots their stand-ins, without another deletion."""
+    store, ids, vectors = _enrolled(open_store, n=200)
+    store.delete_faces("c", ids[:40])
+    scrub = index_module._scrub_deleted
+
+    def zeroing(path: Path, dim: int, params: HnswParams, element_count: int) -> int:
+        deleted = scrub(path, dim, params, element_count)
+        records, rows, columns = _deleted_slots(path, dim)
+        records[rows, columns] = 0
+        records.flush()
+        return deleted
+
+    monkeypatch.setattr(index_module, "_scrub_deleted", zeroing)
+    store.checkpoint()
+    store.close()
+    monkeypatch.undo()
+    (index_file,) = (state_dir / COLLECTIONS_DIR).glob(f"*/{INDEX_FILE}")
+    records, rows, columns = _deleted_slots(index_file, DIM)
+    assert len(rows) == 40 and not records[rows, columns].any()
+    del records
+
+    store = open_store(exact_max=0)
+    assert all(_top1(store, vector) == face for face, vector in zip(ids[40:], vectors[40:], strict=True))
+    store.checkpoint()
+    records, rows, columns = _deleted_slots(index_file, DIM)
+    surviving = {store.get_face_vector("c", face).astype("<f4").tobytes() for face in ids[40:]}
+    assert len(rows) == 40 and all(row.tobytes() in surviving for row in records[rows, columns])
