@@ -258,7 +258,7 @@ class HnswIndex:
     """hnswlib graph over unit vectors with label-addressed deletes and geometric growth.
 
     A deleted face keeps its slot, and its place in the graph's paths, until compaction rebuilds the graph;
-    in every saved file its vector is replaced by a stand-in made of its surviving neighbours' (hnswlib's
+    in every saved file its vector is replaced by a copy of its nearest surviving neighbour's (hnswlib's
     mark_deleted keeps the bytes), and the store reloads from that file to drop it from memory too.
     """
 
@@ -520,8 +520,8 @@ def _scrub_deleted(path: Path, dim: int, params: HnswParams, element_count: int)
     A stand-in is a copy of the element's nearest surviving level-0 neighbour: none of the deleted vector, nothing
     the file does not hold already, but a point near where the deleted one was, so that searches still step
     through it. A zeroed vector lay at distance 1 from every query, was never stepped through, and cut off faces
-    reached through it (recall@1 0.989 with a quarter deleted); the mean of the neighbours lay nearer to every
-    query than faces do and made searches wander through deleted slots (17 times slower).
+    reached through it; the mean of the neighbours lay nearer to every query than faces do and made searches
+    wander through deleted slots (README, Speed).
     """
     with path.open("rb") as f:
         header = f.read(_HEADER.size)
