@@ -135,6 +135,9 @@ def vector_bytes(vector: np.ndarray) -> bytes:
     return np.asarray(vector, dtype="<f4").tobytes()
 
 
+RELAY_WINDOW = 64 * 1024
+
+
 class SlowProxy:
     """A loopback TCP relay that passes the central's answers on at `rate` bytes/s, counting them: a test
     kills the central while a large download is half through."""
@@ -157,9 +160,14 @@ class SlowProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            # A small receive window, so that the central cannot push the rest of a download into this relay's
+            # buffers (on loopback they grow to megabytes) and have it delivered after it was killed.
+            upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            upstream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RELAY_WINDOW)
             try:
-                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+                upstream.connect(("127.0.0.1", self.upstream_port))
             except OSError:
+                upstream.close()
                 client.close()
                 continue
             threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
