@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -22,10 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.machine import cpu_model
-from bench.store_scale import FACES_PER_IDENTITY, RESULTS
+from bench.store_scale import FACES_PER_IDENTITY, RESULTS, write_runs
 from bench.synthetic import SyntheticFaces
-from edge.store.index import HNSWLIB_VERSION, HnswIndex, HnswParams
+from edge.store.index import HnswIndex, HnswParams
 from edge.store.models import CollectionRecord
 
 DIM = 128
@@ -90,15 +87,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "index_churn.json")
     args = parser.parse_args()
     rows = [churn(args.faces, args.rounds, args.fraction, args.queries, int(seed)) for seed in args.seeds.split(",")]
-    previous = json.loads(args.out.read_text())["runs"] if args.out.is_file() else []
-    fresh = {_key(r) for r in rows}
-    runs = sorted([r for r in previous if _key(r) not in fresh] + rows, key=_key)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform(),
-                    "hnswlib": HNSWLIB_VERSION},
-        "runs": runs,
-    }, indent=2) + "\n")
+    write_runs(args.out, rows, _key)
 
 
 if __name__ == "__main__":

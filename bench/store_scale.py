@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -248,20 +249,22 @@ def main() -> None:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    fresh = {_key(r) for r in rows}
-    runs = [r for r in previous if _key(r) not in fresh] + rows
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform(),
-                            "hnswlib": HNSWLIB_VERSION},
-                "runs": sorted(runs, key=_key),
-            },
-            indent=2,
-        )
-    )
+    write_runs(args.out, rows, _key)
     print(_markdown(rows))
+
+
+def write_runs(path: Path, rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], tuple[Any, ...]]) -> None:
+    """Merge `rows` into the runs a results file holds (a run with the same key is replaced), with this machine's
+    description."""
+    previous = json.loads(path.read_text())["runs"] if path.is_file() else []
+    fresh = {key(r) for r in rows}
+    runs = sorted([r for r in previous if key(r) not in fresh] + rows, key=key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform(),
+                    "hnswlib": HNSWLIB_VERSION},
+        "runs": runs,
+    }, indent=2) + "\n")
 
 
 if __name__ == "__main__":
