@@ -73,7 +73,7 @@ class Projection:
     """
 
     def __init__(self, dim: int) -> None:
-        self.name = _projection_name(dim)
+        self.name = f"sha256-signs-{dim}x{GRAPH_DIM}"
         """What manifests and shipped graphs record, so that a graph is walked only with its own projection."""
         need = dim * GRAPH_DIM // 8
         digests = b"".join(
@@ -96,12 +96,9 @@ def projection_for(dim: int) -> Projection | None:
 
 
 def projection_name(dim: int) -> str | None:
-    """`Projection.name` of `projection_for(dim)`, without deriving its matrix."""
-    return _projection_name(dim) if dim > GRAPH_DIM else None
-
-
-def _projection_name(dim: int) -> str:
-    return f"sha256-signs-{dim}x{GRAPH_DIM}"
+    """`Projection.name` of `projection_for(dim)`."""
+    projection = projection_for(dim)
+    return None if projection is None else projection.name
 
 
 def graph_dim(dim: int) -> int:
