@@ -7,11 +7,10 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-from store_support import DIM, MODEL, OpenStore
+from store_support import DIM, MODEL, OpenStore, saved_graph
 
 from bench.synthetic import SyntheticFaces, new_faces
 from edge.store import StateTooNew, Store, StoreError, StoreLocked
@@ -222,15 +221,6 @@ def test_a_version_2_store_gains_tags_and_a_version_2_build_may_still_open_it(op
     conn.close()
 
 
-def _deleted_slots(path: Path, dim: int) -> tuple[np.memmap[Any, Any], np.ndarray, slice]:
-    """A saved graph's records (mapped writable), its deleted faces' rows, and the columns of their vectors."""
-    header = path.read_bytes()[: index_module._HEADER.size]
-    count = index_module._HEADER.unpack(header)[2]
-    size, offset = index_module._check_header(header, dim, HnswParams(), count)
-    records = np.memmap(path, dtype=np.uint8, mode="r+", offset=index_module._HEADER.size, shape=(count, size))
-    return records, np.flatnonzero(records[:, 2] & index_module._DELETE_MARK), slice(offset, offset + dim * 4)
-
-
 def test_an_earlier_builds_zeroed_slots_get_stand_ins_at_the_first_checkpoint(
     open_store: OpenStore, state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -242,7 +232,7 @@ def test_an_earlier_builds_zeroed_slots_get_stand_ins_at_the_first_checkpoint(
 
     def zeroing(path: Path, dim: int, params: HnswParams, element_count: int) -> int:
         deleted = scrub(path, dim, params, element_count)
-        records, rows, columns = _deleted_slots(path, dim)
+        records, rows, columns = saved_graph(path, dim)
         records[rows, columns] = 0
         records.flush()
         return deleted
@@ -252,13 +242,13 @@ def test_an_earlier_builds_zeroed_slots_get_stand_ins_at_the_first_checkpoint(
     store.close()
     monkeypatch.undo()
     (index_file,) = (state_dir / COLLECTIONS_DIR).glob(f"*/{INDEX_FILE}")
-    records, rows, columns = _deleted_slots(index_file, DIM)
+    records, rows, columns = saved_graph(index_file, DIM)
     assert len(rows) == 40 and not records[rows, columns].any()
     del records
 
     store = open_store(exact_max=0)
     assert all(_top1(store, vector) == face for face, vector in zip(ids[40:], vectors[40:], strict=True))
     store.checkpoint()
-    records, rows, columns = _deleted_slots(index_file, DIM)
+    records, rows, columns = saved_graph(index_file, DIM)
     surviving = {store.get_face_vector("c", face).astype("<f4").tobytes() for face in ids[40:]}
     assert len(rows) == 40 and all(row.tobytes() in surviving for row in records[rows, columns])

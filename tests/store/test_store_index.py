@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from store_support import DIM
+from store_support import DIM, saved_graph
 
 from bench.synthetic import SyntheticFaces
 from edge.store import index as index_module
@@ -97,9 +97,9 @@ def test_save_load_round_trip_keeps_no_deleted_vector_in_the_file(tmp_path: Path
     assert all(vectors[i].tobytes() not in content for i in range(5))
     assert all(vectors[i].tobytes() in content for i in range(5, 300))
     # The deleted slots hold stand-ins, copies of surviving faces: every vector in the file is one of theirs.
-    size, offset = index_module._check_header(content[: index_module._HEADER.size], DIM, PARAMS, 300)
-    records = np.frombuffer(content, np.uint8, count=300 * size, offset=index_module._HEADER.size).reshape(300, size)
-    assert {row[offset : offset + DIM * 4].tobytes() for row in records} == {v.tobytes() for v in vectors[5:]}
+    records, _, columns = saved_graph(directory / INDEX_FILE, DIM)
+    assert {row.tobytes() for row in records[:, columns]} == {v.tobytes() for v in vectors[5:]}
+    del records
     assert sorted(p.name for p in directory.iterdir()) == [INDEX_FILE, MANIFEST_FILE]
 
 

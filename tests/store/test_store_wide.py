@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from store_support import MODEL, OpenStore
+from store_support import MODEL, OpenStore, saved_graph
 
 from bench.synthetic import SyntheticFaces, new_faces
 from edge.store import Store
-from edge.store import index as index_module
 from edge.store.errors import IndexInvalid
 from edge.store.index import (
     GRAPH_DIM,
@@ -110,7 +109,8 @@ def test_a_deleted_wide_face_leaves_neither_vector_nor_projection_on_disk(open_s
         needle = vector.astype("<f4").tobytes()
         files = {p.name for p in state_dir.rglob("*") if p.is_file() and needle in p.read_bytes()}
         for graph in state_dir.rglob(INDEX_FILE):
-            if np.any(np.all(np.abs(_graph_vectors(graph) - projected(vector)) < 1e-6, axis=1)):
+            records, _, columns = saved_graph(graph, GRAPH_DIM)
+            if np.any(np.all(np.abs(records[:, columns].view("<f4") - projected(vector)) < 1e-6, axis=1)):
                 files.add(f"{INDEX_FILE} (projected)")
         return files
 
@@ -143,15 +143,6 @@ def test_a_synced_wide_copy_walks_a_shipped_graph_only_of_its_own_projection(
     refused = "built with other parameters; building one here" in caplog.text
     assert (store.index_kind("w") == "hnsw", refused) == ((True, False) if claimed == "right" else (False, True))
     _answers_exactly(store, [f.face_id for f in faces], k=1)
-
-
-def _graph_vectors(path: Path) -> np.ndarray:
-    """The vectors of every element of a saved graph, as hnswlib 0.8 lays them out."""
-    header = path.read_bytes()[: index_module._HEADER.size]
-    count = index_module._HEADER.unpack(header)[2]
-    size, offset = index_module._check_header(header, GRAPH_DIM, HnswParams(), count)
-    records = np.fromfile(path, dtype=np.uint8, offset=len(header), count=count * size).reshape(count, size)
-    return records[:, offset : offset + GRAPH_DIM * 4].copy().view("<f4")
 
 
 def test_a_shipped_wide_graph_is_walked_with_the_same_projection(tmp_path: Path) -> None:
